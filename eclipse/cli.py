@@ -1,0 +1,192 @@
+"""``eclipse`` command line: a thin argparse front end over the package's functions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick") -> None:
+    parser.add_argument("--profile", default=default, choices=["smoke", "quick", "paper"],
+                        help=f"experiment scale (default: {default})")
+    parser.add_argument("--data", default=None, help="CIFAR-10 source (ImageFolder dir/.tar.gz or cifar-10-batches-py)")
+    parser.add_argument("--seed", type=int, default=None, help="override the profile's seed")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+    import torchvision
+
+    from .data import find_offline_cifar10, torchvision_root
+    from .manifest import git_commit
+    from .seeding import default_device
+    from .storage import cache_dir
+
+    offline = find_offline_cifar10()
+    tv = torchvision_root() / "cifar-10-batches-py"
+    print(f"eclipse      commit {git_commit()}")
+    print(f"torch        {torch.__version__}  torchvision {torchvision.__version__}  threads {torch.get_num_threads()}")
+    print(f"device       {default_device()}" + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    print(f"cache        {cache_dir()}")
+    print(f"CIFAR-10     offline: {offline if offline and offline.exists() else 'not found'}; "
+          f"torchvision: {tv if tv.exists() else 'not downloaded'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .attacks.budgets import perturbation_norms
+    from .data import load_images
+
+    dataset = load_images(args.path, split=args.split)
+    counts = dataset.class_counts()
+    report = {"path": str(args.path), "count": len(dataset), "shape": list(dataset.images.shape[1:]),
+              "dtype": str(dataset.images.dtype), "value_range": [int(dataset.images.min()), int(dataset.images.max())],
+              "label_histogram": dict(zip(dataset.classes, counts))}
+    if args.reference:
+        reference = load_images(args.reference, split=args.split)
+        if len(reference) != len(dataset):
+            raise DataError(f"{args.reference}: {len(reference)} images, but {args.path} holds {len(dataset)}")
+        if not bool((reference.labels == dataset.labels).all()):
+            raise DataError(f"{args.reference}: labels differ from {args.path} (different order or set)")
+        norms = perturbation_norms(dataset.images, reference.images)
+        report["perturbation"] = {
+            "linf_max_255": round(float(norms["linf"].max()) * 255, 3),
+            "linf_mean_255": round(float(norms["linf"].mean()) * 255, 3),
+            "l2_max": round(float(norms["l2"].max()), 4), "l2_mean": round(float(norms["l2"].mean()), 4),
+            "l0_max": int(norms["l0"].max()), "l0_mean": round(float(norms["l0"].float().mean()), 2),
+            "changed_images": int((norms["l0"] > 0).sum())}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_images
+    from .experiments import clean_data, victim_run
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    sets = clean_data(profile, args.data)
+    train = load_images(args.dataset) if args.dataset else sets["train"]
+    overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs)) if v is not None}
+    result = victim_run(train, sets["eval"], profile, args.defense, seed=args.seed, **overrides)
+    summary = {k: result[k] for k in ("defense", "seed", "n_train", "n_test", "test_acc", "wall_time_s", "cached")}
+    summary["arch"] = result["config"]["arch"]
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        from .storage import atomic_write_json
+
+        atomic_write_json(result, args.out)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Attacks x defenses test-accuracy table for a profile, written to figures/ with a manifest."""
+    from .defenses import DEFENSE_NAMES
+    from .experiments import clean_data, defense_table, poisoned_set, save_table
+    from .manifest import write_manifest
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    if args.seed is not None:
+        profile = profile.with_overrides(seed=args.seed)
+    started = time.perf_counter()
+    sets = clean_data(profile, args.data)
+    datasets = {}
+    for attack in args.attacks:
+        datasets[attack] = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
+    defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
+    long = defense_table(profile, datasets, sets["eval"], defenses, progress=not args.no_progress)
+    table = long.pivot(index="dataset", columns="defense", values="test_acc").loc[list(datasets), defenses]
+    out = Path(args.out_dir)
+    stem = out / f"table-defenses-{profile.name}"
+    paths = save_table(table, stem)
+    long.to_csv(stem.with_name(stem.name + "-runs.csv"), index=False)
+    write_manifest(stem.with_name(stem.name + "-manifest.json"), profile=profile.name, seed=profile.seed,
+                   wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
+                   train_images=len(sets["train"]), eval_images=len(sets["eval"]),
+                   run_seconds=dict(zip(long["dataset"] + "/" + long["defense"], long["train_s"].round(1))))
+    print(table.round(2).to_string())
+    print("wrote", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    from .data import save_images
+    from .experiments import clean_data, poisoned_set
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    seed = profile.seed if args.seed is None else args.seed
+    clean = clean_data(profile, args.data)["train"]
+    started = time.perf_counter()
+    poisoned = poisoned_set(clean, args.attack, seed)
+    save_images(poisoned, args.out)
+    print(f"{args.attack}: {len(poisoned)} images -> {args.out} ({time.perf_counter() - started:.1f}s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eclipse", description="ECLIPSE: sparse diffusion purification against "
+                                     "clean-label indiscriminate poisons")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, device, data found")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("inspect", help="what a dataset file holds (and its perturbation vs a reference)")
+    p.add_argument("path")
+    p.add_argument("--reference", help="the clean dataset the file was made from (same order)")
+    p.add_argument("--split", default=None, help="split folder inside an ImageFolder archive (train/test)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a victim on a dataset file (or the clean set) and evaluate it")
+    _profile_arg(p)
+    p.add_argument("--dataset", help="training set file (.pkl/.npz/folder); default: the profile's clean subset")
+    p.add_argument("--defense", default="none")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", help="write the full result JSON here")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("table", help="attacks x defenses accuracy table -> figures/")
+    _profile_arg(p)
+    p.add_argument("--attacks", nargs="+", default=["clean"])
+    p.add_argument("--defenses", nargs="+", default=["all"])
+    p.add_argument("--out-dir", default=str(REPO / "figures"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("poison", help="poison the profile's training subset and write it (.pkl or .npz)")
+    _profile_arg(p)
+    p.add_argument("--attack", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_poison)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DataError as err:
+        print(f"eclipse: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"eclipse: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

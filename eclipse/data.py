@@ -1,0 +1,444 @@
+"""Load, validate, save and subset image datasets.
+
+Everything becomes an :class:`ImageSet`: uint8 images ``(N, 3, 32, 32)`` plus int64 labels ``(N,)``.
+Readable sources (:func:`load_images` picks by what the path is):
+
+- ``"cifar10"`` (or ``None``): the offline ImageFolder copy (``ECLIPSE_DATA``, or ``shared/data`` beside
+  the repository), else torchvision's ``cifar-10-batches-py`` under the cache (downloaded only on request);
+- a directory or ``.tar.gz`` in ImageFolder layout (``[split/]<class>/<image>``);
+- a ``cifar-10-batches-py`` folder (read with a restricted unpickler, never plain ``pickle.load``);
+- the ECLIPSE release pickle: a list of ``(3072 RGB bytes, label)`` tuples;
+- ``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets``;
+- a perturbation tensor (``.pt``/``.npy``, per-sample or per-class) via :func:`apply_perturbation`.
+
+Decoded image folders are cached as ``.pt`` files keyed by the source's size and modification time.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .storage import atomic_torch_save, atomic_write_bytes, cache_dir, config_key, safe_torch_load
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+IMAGE_SHAPE = (3, 32, 32)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+DEFENDER_POOL_PER_CLASS = 200  # test images per class reserved for the defender (2,000 = paper's B)
+POOL_SEED = 0
+
+
+class DataError(ValueError):
+    """A dataset file is missing, malformed or inconsistent. The message names the file."""
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 ``(N, 3, 32, 32)`` and labels as int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...] = CIFAR10_CLASSES
+    source: str = "<memory>"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self.images, self.labels, source=self.source, num_classes=len(self.classes))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor, source: str | None = None) -> "ImageSet":
+        """The images at ``index`` (a new ImageSet sharing class names)."""
+        return ImageSet(self.images[index], self.labels[index], self.classes,
+                        source or f"{self.source}[subset]", dict(self.meta))
+
+    def with_images(self, images: torch.Tensor, source: str) -> "ImageSet":
+        """Same labels, new images (e.g. poisoned or purified)."""
+        return ImageSet(images, self.labels.clone(), self.classes, source, dict(self.meta))
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+def validate(images: torch.Tensor, labels: torch.Tensor, *, source: str, num_classes: int = 10) -> None:
+    """Raise :class:`DataError` naming ``source`` if images/labels are not a well-formed dataset."""
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DataError(f"{source}: images and labels must be tensors")
+    if images.dtype != torch.uint8:
+        raise DataError(f"{source}: images must be uint8, got {images.dtype}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{source}: images must have shape (N, 3, 32, 32), got {tuple(images.shape)}")
+    if labels.dtype != torch.int64 or labels.ndim != 1:
+        raise DataError(f"{source}: labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{source}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise DataError(f"{source}: the dataset is empty")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{source}: labels must lie in [0, {num_classes - 1}], found range [{lo}, {hi}]")
+
+
+# --------------------------------------------------------------------------------------------
+# finding the data
+# --------------------------------------------------------------------------------------------
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def find_offline_cifar10() -> Path | None:
+    """The offline CIFAR-10 copy: ``ECLIPSE_DATA`` if set, else ``shared/data`` beside the repository."""
+    env = os.environ.get("ECLIPSE_DATA")
+    if env:
+        return Path(env).expanduser()
+    for base in (_repo_root(), Path.cwd()):
+        for parent in (base, *base.parents):
+            candidate = parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def torchvision_root() -> Path:
+    """Where torchvision's CIFAR-10 lives (or would be downloaded): ``<cache>/torchvision``."""
+    return cache_dir() / "torchvision"
+
+
+def load_cifar10(split: str = "train", *, source: str | os.PathLike | None = None,
+                 download: bool = False) -> ImageSet:
+    """CIFAR-10 ``split`` ("train" or "test") from ``source``, the offline copy, or torchvision."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = Path(source).expanduser() if source is not None else find_offline_cifar10()
+    if path is None:
+        batches = torchvision_root() / "cifar-10-batches-py"
+        if not batches.exists():
+            if not download:
+                raise DataError(
+                    f"CIFAR-10 not found: set ECLIPSE_DATA (or --data) to the ImageFolder .tar.gz/folder, "
+                    f"or pass download=True (--download) to fetch it with torchvision into {torchvision_root()}")
+            import torchvision
+
+            torchvision.datasets.CIFAR10(str(torchvision_root()), train=(split == "train"), download=True)
+        path = batches
+    return load_images(path, split=split)
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+# --------------------------------------------------------------------------------------------
+def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSet:
+    """Read any supported dataset file or folder (see the module docstring) into an ImageSet."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    name = path.name.lower()
+    if path.is_dir():
+        if (path / "cifar-10-batches-py").is_dir():
+            path = path / "cifar-10-batches-py"
+        if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+            return _cached(path, split or "train", _read_cifar_batches)
+        return _cached(path, split, _read_image_folder)
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return _cached(path, split, _read_image_tar)
+    if name.endswith((".pkl", ".pickle")):
+        return read_release_pickle(path)
+    if name.endswith(".npz"):
+        return read_npz(path)
+    raise DataError(f"{path}: unknown dataset format (expected a folder, .tar.gz, .pkl or .npz; "
+                    f"perturbation .pt/.npy files go through apply_perturbation)")
+
+
+def _cached(path: Path, split: str | None, reader) -> ImageSet:
+    stat = path.stat()
+    key = config_key({"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                      "split": split, "reader": reader.__name__, "version": 1})
+    target = cache_dir() / "decoded" / f"{path.name.split('.')[0]}-{split or 'all'}-{key}.pt"
+    if target.exists():
+        blob = safe_torch_load(target)
+        return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]), str(path), {"split": split})
+    images, labels, classes = reader(path, split)
+    result = ImageSet(images, labels, tuple(classes), str(path), {"split": split})
+    atomic_torch_save({"images": images, "labels": labels, "classes": list(classes)}, target)
+    return result
+
+
+def _decode_image(payload: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{where}: cannot decode image ({err})") from err
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"{where}: image must be 32x32 RGB, got shape {arr.shape}")
+    return arr
+
+
+def _collect(entries: Iterable[tuple[str, str, bytes]], where: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """entries: (class name, file name, bytes). Classes sorted (CIFAR-10's order is alphabetical)."""
+    items = sorted(entries, key=lambda e: (e[0], e[1]))
+    if not items:
+        raise DataError(f"{where}: no images found (expected [split/]<class>/<image> entries)")
+    classes = sorted({c for c, _, _ in items})
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = [_decode_image(blob, f"{where}:{c}/{n}") for c, n, blob in items]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([index[c] for c, _, _ in items], dtype=torch.int64)
+    return images, labels, classes
+
+
+def _split_parts(rel: list[str], split: str | None) -> tuple[str, str] | None:
+    """Map a relative path to (class, file) under ``split`` (or with no split level)."""
+    if split is not None and len(rel) == 3 and rel[0] == split:
+        return rel[1], rel[2]
+    if split is None and len(rel) == 2:
+        return rel[0], rel[1]
+    return None
+
+
+def _read_image_tar(path: Path, split: str | None):
+    entries = []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                rel = [p for p in member.name.split("/") if p not in ("", ".")]
+                parts = _split_parts(rel, split)
+                if parts is None:
+                    continue
+                handle = tar.extractfile(member)
+                entries.append((parts[0], parts[1], handle.read() if handle else b""))
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{path}: not a readable tar archive ({err})") from err
+    return _collect(entries, path)
+
+
+def _read_image_folder(path: Path, split: str | None):
+    root = path / split if split and (path / split).is_dir() else path
+    entries = [(f.parent.name, f.name, f.read_bytes())
+               for f in root.glob("*/*") if f.suffix.lower() in IMAGE_EXTENSIONS]
+    return _collect(entries, root)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only builtin containers, bytes, ints (and the few globals ``allowed`` names)."""
+
+    def __init__(self, handle, source: str, allowed: frozenset[tuple[str, str]]):
+        super().__init__(handle, encoding="bytes")
+        self._source = source
+        self._allowed = allowed
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) in self._allowed:
+            return super().find_class(module, name)
+        raise DataError(f"{self._source}: refusing to unpickle {module}.{name} "
+                        f"(only plain lists, tuples, bytes and ints are accepted)")
+
+
+# protocol 2 pickles encode bytes through _codecs.encode; it only builds a bytes object.
+_RELEASE_GLOBALS = frozenset({("_codecs", "encode")})
+_NUMPY_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+})
+
+
+def restricted_load(path: Path, allowed: frozenset[tuple[str, str]] = _RELEASE_GLOBALS):
+    """Unpickle ``path`` admitting only the globals in ``allowed``; never runs arbitrary code."""
+    try:
+        with open(path, "rb") as handle:
+            return _RestrictedUnpickler(handle, str(path), allowed).load()
+    except DataError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            MemoryError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a valid pickle ({type(err).__name__}: {err})") from err
+
+
+def read_release_pickle(path: str | os.PathLike) -> ImageSet:
+    """The ECLIPSE release format: a pickled list of ``(32*32*3 RGB bytes, label)`` tuples."""
+    path = Path(path)
+    obj = restricted_load(path)
+    if not isinstance(obj, (list, tuple)) or len(obj) == 0:
+        raise DataError(f"{path}: expected a non-empty list of (bytes, label) tuples, got {type(obj).__name__}")
+    n = len(obj)
+    buffer = bytearray(n * 3072)
+    labels = np.empty(n, dtype=np.int64)
+    for i, item in enumerate(obj):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (bytes, bytearray))
+                and isinstance(item[1], int) and not isinstance(item[1], bool)):
+            raise DataError(f"{path}: entry {i} is not a (bytes, int) pair")
+        if len(item[0]) != 3072:
+            raise DataError(f"{path}: entry {i} holds {len(item[0])} bytes, expected 3072 (32x32 RGB)")
+        buffer[i * 3072:(i + 1) * 3072] = item[0]
+        labels[i] = item[1]
+    images = torch.frombuffer(buffer, dtype=torch.uint8).view(n, 32, 32, 3).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.from_numpy(labels), source=str(path), meta={"format": "eclipse-pickle"})
+
+
+def _read_cifar_batches(path: Path, split: str):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    chunks, labels = [], []
+    for name in names:
+        file = path / name
+        if not file.exists():
+            raise DataError(f"{file}: missing CIFAR-10 batch file")
+        blob = restricted_load(file, _NUMPY_GLOBALS)
+        if not isinstance(blob, dict) or b"data" not in blob or b"labels" not in blob:
+            raise DataError(f"{file}: not a CIFAR-10 batch (no data/labels)")
+        data = np.asarray(blob[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{file}: data must be (N, 3072), got {data.shape}")
+        chunks.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(int(v) for v in blob[b"labels"])
+    images = torch.from_numpy(np.concatenate(chunks))
+    return images, torch.tensor(labels, dtype=torch.int64), list(CIFAR10_CLASSES)
+
+
+def read_npz(path: str | os.PathLike) -> ImageSet:
+    """``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets`` (ints); pickles are refused."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "data" not in npz or "targets" not in npz:
+                raise DataError(f"{path}: .npz must hold 'data' and 'targets', found {sorted(npz.files)}")
+            data, targets = npz["data"], npz["targets"]
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip/format errors of many kinds
+        raise DataError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from err
+    if data.dtype != np.uint8:
+        raise DataError(f"{path}: 'data' must be uint8, got {data.dtype}")
+    if data.ndim == 4 and data.shape[-1] == 3 and data.shape[1] != 3:
+        data = data.transpose(0, 3, 1, 2)
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise DataError(f"{path}: 'targets' must be integers, got {targets.dtype}")
+    images = torch.from_numpy(np.ascontiguousarray(data))
+    return ImageSet(images, torch.from_numpy(targets.astype(np.int64)), source=str(path), meta={"format": "npz"})
+
+
+def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
+    """A perturbation on the [0, 1] scale, ``(N, 3, 32, 32)`` or per-class ``(K, 3, 32, 32)``.
+
+    Accepts float tensors (values in [-1, 1]) and int8 tensors in pixel units (REM's format, divided by 255).
+    """
+    path = Path(path)
+    if path.suffix == ".npy":
+        try:
+            delta = torch.from_numpy(np.load(path, allow_pickle=False))
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f"{path}: not a readable .npy ({type(err).__name__}: {err})") from err
+    elif path.suffix == ".pt":
+        try:
+            delta = safe_torch_load(path)
+        except ValueError as err:
+            raise DataError(str(err)) from err
+    else:
+        raise DataError(f"{path}: perturbations must be .pt or .npy files")
+    if not isinstance(delta, torch.Tensor):
+        raise DataError(f"{path}: expected a tensor, got {type(delta).__name__}")
+    if delta.dtype == torch.int8:
+        delta = delta.float() / 255.0
+    elif delta.is_floating_point():
+        delta = delta.float()
+    else:
+        raise DataError(f"{path}: perturbation must be float or int8, got {delta.dtype}")
+    if delta.ndim == 4 and delta.shape[-1] == 3 and delta.shape[1] != 3:
+        delta = delta.permute(0, 3, 1, 2)
+    if delta.ndim != 4 or tuple(delta.shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{path}: perturbation must be (N, 3, 32, 32) or (K, 3, 32, 32), got {tuple(delta.shape)}")
+    if not torch.isfinite(delta).all():
+        raise DataError(f"{path}: perturbation holds NaN or infinite values")
+    if delta.abs().max() > 1:
+        raise DataError(f"{path}: perturbation values exceed 1 in magnitude (expected the [0, 1] image scale)")
+    return delta
+
+
+def apply_perturbation(base: ImageSet, delta: torch.Tensor, source: str = "<perturbation>") -> ImageSet:
+    """Add ``delta`` (per-sample, or per-class indexed by label) to ``base``, then clip and quantise."""
+    if delta.shape[0] == len(base):
+        per_image = delta
+    elif delta.shape[0] == len(base.classes):
+        per_image = delta[base.labels]
+    else:
+        raise DataError(f"{source}: {delta.shape[0]} perturbations fit neither the {len(base)} images "
+                        f"nor the {len(base.classes)} classes of {base.source}")
+    poisoned = (base.images.float() / 255 + per_image).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return base.with_images(poisoned, source)
+
+
+# --------------------------------------------------------------------------------------------
+# writers
+# --------------------------------------------------------------------------------------------
+def save_images(dataset: ImageSet, path: str | os.PathLike) -> Path:
+    """Write ``dataset`` atomically as the ECLIPSE pickle (``.pkl``) or ``.npz`` (NHWC ``data``)."""
+    path = Path(path)
+    hwc = dataset.images.permute(0, 2, 3, 1).contiguous().numpy()
+    if path.suffix in (".pkl", ".pickle"):
+        records = [(hwc[i].tobytes(), int(label)) for i, label in enumerate(dataset.labels.tolist())]
+        return atomic_write_bytes(path, pickle.dumps(records, protocol=4))
+    if path.suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, data=hwc, targets=dataset.labels.numpy())
+        return atomic_write_bytes(path, buffer.getvalue())
+    raise DataError(f"{path}: can only write .pkl (ECLIPSE format) or .npz")
+
+
+# --------------------------------------------------------------------------------------------
+# subsets and splits
+# --------------------------------------------------------------------------------------------
+def balanced_indices(labels: torch.Tensor, per_class: int, seed: int, num_classes: int | None = None) -> torch.Tensor:
+    """``per_class`` seeded random indices of each class, sorted."""
+    num_classes = num_classes or int(labels.max()) + 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for k in range(num_classes):
+        members = torch.nonzero(labels == k).flatten()
+        if len(members) < per_class:
+            raise DataError(f"class {k} has {len(members)} images, fewer than the {per_class} requested")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def split_test(test: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """Split CIFAR-10 test into (defender pool, evaluation set), disjoint and fixed.
+
+    The defender's sparse clean images (paper: 2,000 test images) come from the pool; victims are
+    evaluated only on the other 8,000 images, so the purifier never saw an evaluation image.
+    """
+    pool_idx = balanced_indices(test.labels, DEFENDER_POOL_PER_CLASS, POOL_SEED, len(test.classes))
+    mask = torch.ones(len(test), dtype=torch.bool)
+    mask[pool_idx] = False
+    return test.subset(pool_idx, f"{test.source}[defender-pool]"), test.subset(
+        torch.nonzero(mask).flatten(), f"{test.source}[eval]")
+
+
+def sparse_set(pool: ImageSet, size: int, seed: int) -> ImageSet:
+    """``size`` class-balanced clean images (the defender's sparse set D_s), seeded."""
+    k = len(pool.classes)
+    if size % k:
+        raise ValueError(f"sparse-set size {size} must be a multiple of the {k} classes")
+    return pool.subset(balanced_indices(pool.labels, size // k, seed, k), f"{pool.source}[sparse {size}]")
+
+
+def train_subset(train: ImageSet, size: int | None, seed: int) -> ImageSet:
+    """A class-balanced seeded subset of ``size`` training images (``None``: all of them)."""
+    if size is None or size >= len(train):
+        return train
+    k = len(train.classes)
+    return train.subset(balanced_indices(train.labels, size // k, seed, k), f"{train.source}[{size}]")

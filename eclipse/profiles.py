@@ -1,0 +1,78 @@
+"""Named experiment scales as plain data: ``smoke`` (tests, seconds), ``quick`` (2 CPU cores, minutes,
+a subset with small models) and ``paper`` (the paper's settings, GPU). Every command takes a profile;
+the code path is the same for all three."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that changes between scales."""
+
+    name: str
+    train_size: int | None          # training images (class-balanced subset; None = all 50,000)
+    eval_size: int | None           # evaluation images from the 8,000 held-out test images (None = all)
+    victim: TrainConfig
+    seed: int = 0
+    # ECLIPSE: sparse set, diffusion model, purification
+    sparse_size: int = 2000         # B, clean images the defender holds
+    replicas: int = 4               # M, the sparse set is repeated M + 1 times
+    t_star: int = 100               # purification depth (forward steps of diffusion_steps)
+    sampler: str = "ancestral"
+    sampler_steps: int | None = None
+    diffusion_steps: int = 4000     # T
+    unet: dict = field(default_factory=dict)            # UNetConfig fields
+    diffusion_train: dict = field(default_factory=dict)  # DiffusionTrainConfig fields
+    purify_batch_size: int = 256
+    gray_p: float = 0.4
+    sigma: float = 0.05
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
+        if isinstance(changes.get("victim"), dict):
+            changes["victim"] = replace(self.victim, **changes["victim"])
+        return replace(self, **changes)
+
+
+PAPER = Profile(
+    name="paper", train_size=None, eval_size=None,
+    victim=TrainConfig(arch="resnet18", width=64, epochs=80, batch_size=128, lr=0.1, schedule="constant"),
+    sparse_size=2000, replicas=4, t_star=100, sampler="ancestral", diffusion_steps=4000,
+    unet=dict(num_channels=128, num_res_blocks=3, attention_resolutions="16,8", num_heads=4, dropout=0.0),
+    diffusion_train=dict(iterations=250_000, batch_size=128, lr=1e-4, ema_rate=0.9999, t_max=None),
+    purify_batch_size=256,
+)
+
+QUICK = Profile(
+    name="quick", train_size=10_000, eval_size=None,
+    victim=TrainConfig(arch="resnet18", width=16, epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
+                       schedule="onecycle"),
+    sparse_size=2000, replicas=4, t_star=100, sampler="ancestral", diffusion_steps=4000,
+    unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=4, dropout=0.0),
+    diffusion_train=dict(iterations=3000, batch_size=64, lr=2e-4, ema_rate=0.999, t_max=200),
+    purify_batch_size=500,
+)
+
+SMOKE = Profile(
+    name="smoke", train_size=500, eval_size=500,
+    victim=TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=100, lr=0.05, schedule="onecycle",
+                       eval_every=1),
+    sparse_size=50, replicas=1, t_star=10, sampler="ancestral", diffusion_steps=4000,
+    unet=dict(num_channels=16, num_res_blocks=1, attention_resolutions="16", num_heads=2, dropout=0.0),
+    diffusion_train=dict(iterations=10, batch_size=16, lr=1e-4, ema_rate=0.99, t_max=20),
+    purify_batch_size=250,
+)
+
+PROFILES = {p.name: p for p in (SMOKE, QUICK, PAPER)}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """A profile by name (``smoke``, ``quick``, ``paper``); a Profile passes through."""
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,163 @@
+"""The one victim training loop: tensor-level augmentation on whole batches, resumable, seeded.
+
+The paper's recipe (ECLIPSE ``train.py``): SGD lr 0.1, momentum 0.9, no weight decay, no schedule,
+batch 128, 80 epochs, random crop (pad 4, zeros) + horizontal flip, no normalisation, last-epoch
+test accuracy. CPU profiles may switch the schedule to one-cycle and shrink the model; the loop is
+the same.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import ImageSet
+from .defenses import Defense, make_defense
+from .seeding import default_device, seed_everything
+from .storage import atomic_torch_save, atomic_write_json, safe_torch_load
+from .victims import build_victim
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Victim training settings (defaults: the paper's)."""
+
+    arch: str = "resnet18"
+    width: int = 64
+    epochs: int = 80
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" (paper) or "onecycle"
+    crop_padding: int = 4       # 0 disables the random crop
+    flip: bool = True
+    eval_every: int = 5
+    eval_batch_size: int = 1000
+
+
+def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per-image random crop of a zero-padded batch (torchvision RandomCrop(32, padding) on each image)."""
+    if padding <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    oy = torch.randint(0, 2 * padding + 1, (n, 1))
+    ox = torch.randint(0, 2 * padding + 1, (n, 1))
+    rows = (oy + torch.arange(h)).view(n, 1, h, 1)
+    cols = (ox + torch.arange(w)).view(n, 1, 1, w)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Flip each image horizontally with probability 1/2."""
+    flip = (torch.rand(x.shape[0]) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, test: ImageSet, batch_size: int = 1000, device: torch.device | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``test``."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for images, labels in zip(test.images.split(batch_size), test.labels.split(batch_size)):
+        logits = model(images.to(device).float().div_(255))
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(test)
+
+
+def _save_checkpoint(state: dict, path: Path) -> None:
+    atomic_torch_save(state, path)
+
+
+def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defense: Defense | str = "none",
+                 seed: int = 0, out_dir: str | Path | None = None, device: torch.device | str | None = None,
+                 progress: bool = True) -> dict:
+    """Train ``config.arch`` on ``train`` with ``defense``; return a result dict with the last-epoch
+    ``test_acc`` (%) on ``test``, the per-epoch log and the wall time.
+
+    With ``out_dir`` the run checkpoints after every epoch (atomically) and resumes from the last
+    checkpoint when called again with the same arguments; the finished result is ``result.json``.
+    """
+    defense = make_defense(defense, num_classes=len(train.classes)) if isinstance(defense, str) else defense
+    device = torch.device(device) if device is not None else default_device()
+    identity = {"config": asdict(config), "defense": defense.name, "defense_params": dict(defense.params),
+                "seed": seed, "n_train": len(train), "n_test": len(test), "train_source": train.source}
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / "checkpoint.pt" if out_dir else None
+
+    seed_everything(seed)
+    model = build_victim(config.arch, len(train.classes), config.width).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
+                                                        total_steps=config.epochs * steps_per_epoch)
+    elif config.schedule == "constant":
+        scheduler = None
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r} (constant or onecycle)")
+
+    start_epoch, log, elapsed = 0, [], 0.0
+    if ckpt_path is not None and ckpt_path.exists():
+        state = safe_torch_load(ckpt_path)
+        if state["identity"] != identity:
+            raise ValueError(f"{ckpt_path}: checkpoint belongs to a different run; remove it or use another out_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, log, elapsed = state["epoch"], state["log"], state["elapsed"]
+
+    images = defense.prepare(train.images) if defense.prepare else train.images
+    labels = train.labels
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.arch} [{defense.name}]", disable=not progress,
+               initial=start_epoch, total=config.epochs, leave=False)
+    for epoch in bar:
+        tick = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train))
+        loss_sum, correct = 0.0, 0
+        for batch in order.split(config.batch_size):
+            x = images[batch].float().div_(255)
+            y = labels[batch]
+            x = random_crop(x, config.crop_padding)
+            if config.flip:
+                x = random_flip(x)
+            target = y
+            if defense.on_batch is not None:
+                x, target = defense.on_batch(x, y)
+            logits = model(x.to(device))
+            loss = F.cross_entropy(logits, target.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            correct += int((logits.argmax(1).cpu() == y).sum())
+        entry = {"epoch": epoch + 1, "loss": loss_sum / len(train), "train_acc": 100.0 * correct / len(train)}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            entry["test_acc"] = evaluate(model, test, config.eval_batch_size, device)
+        elapsed += time.perf_counter() - tick
+        entry["seconds"] = elapsed
+        log.append(entry)
+        bar.set_postfix({k: round(v, 2) for k, v in entry.items() if k in ("loss", "train_acc", "test_acc")})
+        if ckpt_path is not None:
+            _save_checkpoint({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict() if scheduler else None,
+                              "rng": torch.get_rng_state(), "epoch": epoch + 1, "log": log, "elapsed": elapsed},
+                             ckpt_path)
+    result = {**identity, "test_acc": log[-1]["test_acc"], "log": log, "wall_time_s": elapsed, "device": str(device)}
+    if out_dir is not None:
+        atomic_write_json(result, out_dir / "result.json")
+    return result

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite, notebooks included, under the smoke profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export ECLIPSE_CACHE=${ECLIPSE_CACHE:-$PWD/.cache-test}
+exec .venv/bin/python -m pytest "$@"
