@@ -1,0 +1,54 @@
+"""The command line: info, inspect (with perturbation norms), clear errors on bad files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from eclipse import data
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eclipse.cli", *args], capture_output=True, text=True,
+                          env={**os.environ}, timeout=300)
+
+
+def test_info_reports_data():
+    proc = run("info")
+    assert proc.returncode == 0, proc.stderr
+    assert "cifar10-jpeg.tar.gz" in proc.stdout or "ECLIPSE_DATA" in os.environ
+
+
+def test_inspect_reports_counts_and_norms(random_set, tmp_path):
+    clean = data.save_images(random_set, tmp_path / "clean.npz")
+    images = random_set.images.clone()
+    images[:, :, 5, 7] = (images[:, :, 5, 7].int() + 3).clamp(0, 255).to(torch.uint8)
+    data.save_images(random_set.with_images(images, "poisoned"), tmp_path / "poisoned.pkl")
+    proc = run("inspect", str(tmp_path / "poisoned.pkl"), "--reference", str(clean), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["count"] == 40 and report["shape"] == [3, 32, 32]
+    assert sum(report["label_histogram"].values()) == 40
+    changed = (images.int() - random_set.images.int()).abs()
+    assert report["perturbation"]["linf_max_255"] == float(changed.max())
+    assert report["perturbation"]["l0_max"] == 1
+
+
+def test_inspect_bad_file_exits_nonzero_naming_it(tmp_path):
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    proc = run("inspect", str(bad))
+    assert proc.returncode == 2
+    assert "broken.npz" in proc.stderr and "Traceback" not in proc.stderr
+    missing = run("inspect", str(tmp_path / "nope.pkl"))
+    assert missing.returncode == 2 and "nope.pkl" in missing.stderr
+
+
+def test_inspect_reference_mismatch(random_set, tmp_path):
+    data.save_images(random_set, tmp_path / "a.npz")
+    data.save_images(random_set.subset(torch.arange(10)), tmp_path / "b.npz")
+    proc = run("inspect", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "b.npz"))
+    assert proc.returncode == 2 and "b.npz" in proc.stderr
