@@ -82,8 +82,8 @@ def defense_table(profile: Profile | str, datasets: dict[str, ImageSet], evaluat
             rows.append({"dataset": name, "defense": defense, "test_acc": result["test_acc"],
                          "train_s": result["wall_time_s"], "cached": result["cached"]})
             if log:
-                log(f"{name:>10} x {defense:<13} {result['test_acc']:6.2f}%  "
-                    f"({'cached' if result['cached'] else f'{result['wall_time_s']:.0f}s'}, "
+                took = "cached" if result["cached"] else f"{result['wall_time_s']:.0f}s"
+                log(f"{name:>10} x {defense:<13} {result['test_acc']:6.2f}%  ({took}, "
                     f"{time.perf_counter() - started:.0f}s total)")
     return pd.DataFrame(rows)
 
