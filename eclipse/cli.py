@@ -135,6 +135,18 @@ def cmd_poison(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
+                        seed=args.seed or 0, timeout_s=args.timeout)
+    print(summary[["notebook", "status", "seconds", "error"]].to_string(index=False))
+    failed = summary[summary["status"] != "ok"]
+    print(f"{len(summary) - len(failed)}/{len(summary)} notebooks ran; total {summary['seconds'].sum():.0f}s; "
+          f"executed copies in {summary['output'].iloc[0].rsplit('/', 1)[0] if len(summary) else '-'}")
+    return 1 if len(failed) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eclipse", description="ECLIPSE: sparse diffusion purification against "
                                      "clean-label indiscriminate poisons")
@@ -173,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_poison)
+
+    p = sub.add_parser("reproduce", help="run the notebooks with papermill (every figure and table)")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    p.add_argument("--only", nargs="+", default=None, help="notebooks whose name contains one of these")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--run-dir", default=None, help="where executed notebooks go (default runs/<time>-<profile>)")
+    p.add_argument("--figures-dir", default=str(REPO / "figures"))
+    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.set_defaults(fn=cmd_reproduce)
     return parser
 
 

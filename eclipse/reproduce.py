@@ -1,0 +1,90 @@
+"""Run the notebooks with papermill under one profile: every figure and table of the paper.
+
+Each notebook in ``notebooks/`` runs into a run folder (the executed copies are kept), a failing
+notebook does not stop the others, and a summary plus a manifest (profile, seed, commit, machine,
+wall time per notebook) is written. Expensive artifacts are cached by ``eclipse.experiments``, so a
+second run reuses them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .manifest import git_commit, machine
+from .storage import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+FIGURES_DIR = REPO / "figures"
+
+
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The reproduction notebooks in reading order, optionally those whose name contains an ``only`` item."""
+    paths = sorted(p for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb") if not p.name.endswith("-checkpoint.ipynb"))
+    if only:
+        paths = [p for p in paths if any(key in p.stem for key in only)]
+        if not paths:
+            raise ValueError(f"no notebook matches {only}; available: {[p.stem for p in notebook_paths()]}")
+    return paths
+
+
+def kernel_name() -> str:
+    """The ``eclipse`` kernel when registered (scripts/setup.sh does it), else ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "eclipse" if "eclipse" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir: str | Path | None = None,
+              figures_dir: str | Path = FIGURES_DIR, seed: int = 0, timeout_s: int | None = None,
+              parameters: dict | None = None) -> pd.DataFrame:
+    """Execute the notebooks under ``profile``; return one row per notebook (status, seconds, output)."""
+    import papermill as pm
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(run_dir) if run_dir else REPO / "runs" / f"{stamp}-{profile}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir = Path(figures_dir)
+    kernel = kernel_name()
+    rows = []
+    paths = notebook_paths(only)
+    bar = tqdm(paths, desc=f"reproduce [{profile}]", unit="notebook")
+    for path in bar:
+        bar.set_postfix_str(path.stem)
+        params = {"profile": profile, "seed": seed, "figures_dir": str(figures_dir), **(parameters or {})}
+        out = run_dir / path.name
+        tick = time.perf_counter()
+        try:
+            pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
+                                progress_bar=False, execution_timeout=timeout_s)
+            status, error = "ok", ""
+        except Exception as err:  # noqa: BLE001 - a failed notebook is recorded, the rest still run
+            status, error = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        rows.append({"notebook": path.stem, "status": status, "seconds": round(time.perf_counter() - tick, 1),
+                     "output": str(out), "error": error})
+    summary = pd.DataFrame(rows)
+    manifest = {"profile": profile, "seed": seed, "commit": git_commit(), "machine": machine(),
+                "wall_time_s": round(float(summary["seconds"].sum()), 1), "run_dir": str(run_dir),
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "notebooks": rows}
+    atomic_write_json(manifest, run_dir / "manifest.json")
+    _merge_manifest(figures_dir / f"manifest-{profile}.json", manifest)
+    return summary
+
+
+def _merge_manifest(path: Path, manifest: dict) -> None:
+    """Update the figures/ manifest notebook by notebook, so ``--only`` reruns keep the others' records."""
+    import json
+
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    notebooks = {row["notebook"]: {**row, "commit": manifest["commit"], "finished": manifest["finished"]}
+                 for row in previous.get("notebooks", [])}
+    for row in manifest["notebooks"]:
+        notebooks[row["notebook"]] = {**row, "commit": manifest["commit"], "finished": manifest["finished"]}
+    merged = {**manifest, "notebooks": [notebooks[k] for k in sorted(notebooks)],
+              "wall_time_s": round(sum(r["seconds"] for r in notebooks.values()), 1)}
+    atomic_write_json(merged, path)
