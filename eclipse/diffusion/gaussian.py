@@ -1,0 +1,135 @@
+"""Gaussian diffusion math (improved-diffusion conventions), given a schedule and model outputs.
+
+Nothing here holds model state: the functions take the schedule, tensors, and (for the
+training loss) the model as an argument. Coefficients are float64 in the schedule and are
+cast to the working dtype after indexing, as improved-diffusion's ``_extract_into_tensor``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .schedule import NoiseSchedule
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def extract(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``arr[t]`` as ``like``'s dtype, shaped (B, 1, 1, ...) to broadcast against ``like``."""
+    out = arr.to(t.device)[t].to(like.dtype)
+    return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
+
+
+def model_timesteps(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
+    """Model-input timestep: original index through the respacing map, times 1000/T if rescaling."""
+    mapped = schedule.timestep_map.to(t.device)[t]
+    if schedule.rescale_timesteps:
+        return mapped.float() * (1000.0 / schedule.original_num_steps)
+    return mapped
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+    return extract(schedule.sqrt_alphas_cumprod, t, x0) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor,
+                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x0)."""
+    mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
+    return mean, extract(schedule.posterior_variance, t, x_t), extract(schedule.posterior_log_variance_clipped, t, x_t)
+
+
+def predict_xstart_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    return extract(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+
+def predict_eps_from_xstart(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    return (extract(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+
+def p_mean_variance(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    clip_denoised: bool = True) -> dict[str, torch.Tensor]:
+    """Reverse-step mean/variance from an epsilon-predicting model output.
+
+    With 2C output channels the variance is learned (LEARNED_RANGE: log var interpolates
+    between log beta_t and the clipped log posterior variance, frac = (v + 1) / 2); with C
+    channels it is fixed to improved-diffusion's FIXED_LARGE.
+    """
+    c = x_t.shape[1]
+    model_output = model_output.to(x_t.dtype)
+    if model_output.shape[1] == 2 * c:
+        eps, v = model_output[:, :c], model_output[:, c:]
+        min_log = extract(schedule.posterior_log_variance_clipped, t, x_t)
+        max_log = extract(schedule.log_betas, t, x_t)
+        frac = (v + 1) / 2
+        log_var = frac * max_log + (1 - frac) * min_log
+        var = torch.exp(log_var)
+    elif model_output.shape[1] == c:
+        eps = model_output
+        large = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])
+        var = extract(large, t, x_t).expand_as(x_t)
+        log_var = extract(torch.log(large), t, x_t).expand_as(x_t)
+    else:
+        raise ValueError(f"model output has {model_output.shape[1]} channels, expected {c} or {2 * c}")
+    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, eps)
+    if clip_denoised:
+        pred_xstart = pred_xstart.clamp(-1, 1)
+    mean, _, _ = q_posterior(schedule, pred_xstart, x_t, t)
+    return {"mean": mean, "variance": var, "log_variance": log_var, "pred_xstart": pred_xstart, "eps": eps}
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood of [-1, 1] images quantised to 256 bins under a Gaussian decoder (nats)."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def _mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def hybrid_loss(schedule: NoiseSchedule, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample L_hybrid = mse(eps) + vb, improved-diffusion's RESCALED_MSE with learned sigma.
+
+    ``vb`` is the KL term (decoder NLL at t=0) in bits, with a stop-gradient on the mean
+    channels, times ``num_timesteps / 1000``. Without learned sigma ``vb`` is zero.
+    """
+    c = x0.shape[1]
+    eps = model_output[:, :c]
+    mse = _mean_flat((noise - eps) ** 2)
+    if model_output.shape[1] != 2 * c:
+        return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
+    frozen = torch.cat([eps.detach(), model_output[:, c:]], dim=1)
+    true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
+    out = p_mean_variance(schedule, frozen, x_t, t, clip_denoised=False)
+    kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / math.log(2.0)
+    nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])) / math.log(2.0)
+    vb = torch.where(t == 0, nll, kl) * (schedule.num_timesteps / 1000.0)
+    return {"loss": mse + vb, "mse": mse, "vb": vb}
+
+
+def training_losses(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Noise ``x0`` to ``t``, run the model once, return the per-sample hybrid loss terms."""
+    x_t = q_sample(schedule, x0, t, noise)
+    model_output = model(x_t, model_timesteps(schedule, t))
+    return hybrid_loss(schedule, model_output.float(), x0, x_t, t, noise)
