@@ -147,6 +147,57 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from .experiments import clean_data, diffusion_model
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    overrides = {k: v for k, v in (("replicas", args.replicas), ("enlargement", args.enlargement),
+                                   ("iterations", args.iterations)) if v is not None}
+    pool = clean_data(profile, args.data)["pool"]
+    started = time.perf_counter()
+    _, _, key = diffusion_model(profile, pool, sparse_size=args.sparse_size, **overrides)
+    from .storage import cache_dir
+
+    print(f"diffusion model {key}: {cache_dir() / 'diffusion' / key / 'checkpoint.pt'} "
+          f"({time.perf_counter() - started:.0f}s)")
+    return 0
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    from .data import load_images, save_images
+    from .purify import load_purifier, purify
+
+    dataset = load_images(args.input)
+    model, schedule = load_purifier(args.checkpoint, args.config)
+    started = time.perf_counter()
+    images = purify(dataset.images, model, schedule, t_star=args.t_star, sampler=args.sampler, steps=args.steps,
+                    eta=args.eta, seed=args.seed, batch_size=args.batch_size, resume_dir=args.resume_dir)
+    save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
+    print(f"purified {len(dataset)} images (t*={args.t_star}, {args.sampler}) -> {args.out} "
+          f"({time.perf_counter() - started:.0f}s)")
+    return 0
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from .data import load_images
+    from .experiments import clean_data, eclipse_run, poisoned_set
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    sets = clean_data(profile, args.data)
+    if args.dataset:
+        dataset = load_images(args.dataset)
+    elif args.attack == "clean":
+        dataset = sets["train"]
+    else:
+        dataset = poisoned_set(sets["train"], args.attack, profile.seed)
+    result = eclipse_run(dataset, sets["eval"], profile, args.modules, pool=sets["pool"])
+    print(json.dumps({k: result[k] for k in ("modules", "defense", "n_train", "test_acc", "wall_time_s", "cached")},
+                     indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eclipse", description="ECLIPSE: sparse diffusion purification against "
                                      "clean-label indiscriminate poisons")
@@ -185,6 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_poison)
+
+    p = sub.add_parser("train-diffusion", help="train the sparse-set diffusion model of a profile (cached, resumable)")
+    _profile_arg(p)
+    p.add_argument("--sparse-size", type=int, default=None, help="B, clean images from the defender pool")
+    p.add_argument("--replicas", type=int, default=None, help="M")
+    p.add_argument("--enlargement", default=None, choices=["replicate", "crop", "flip", "rotation", "mixup"])
+    p.add_argument("--iterations", type=int, default=None)
+    p.set_defaults(fn=cmd_train_diffusion)
+
+    p = sub.add_parser("purify", help="purify a dataset file with a diffusion checkpoint (ours or official + YAML)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--config", default=None, help="official-style YAML (configs/cifar10.yml) for official checkpoints")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True, help=".pkl (ECLIPSE format, input order kept) or .npz")
+    p.add_argument("--t-star", type=int, default=100)
+    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "respaced", "ddim", "one_shot"])
+    p.add_argument("--steps", type=int, default=None, help="reverse steps for respaced/ddim")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resume-dir", default=None, help="folder for finished chunks (resume after interruption)")
+    p.set_defaults(fn=cmd_purify)
+
+    p = sub.add_parser("defend", help="ECLIPSE end to end: purify, then train with compensation")
+    _profile_arg(p)
+    p.add_argument("--attack", default="clean", help="poison the profile's subset with this attack (or 'clean')")
+    p.add_argument("--dataset", default=None, help="or a training-set file")
+    p.add_argument("--modules", default="A+B+C", choices=["A+B+C", "A", "B", "C", "A+B", "A+C", "B+C"])
+    p.set_defaults(fn=cmd_defend)
 
     p = sub.add_parser("reproduce", help="run the notebooks with papermill (every figure and table)")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])

@@ -95,3 +95,97 @@ def save_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     stem = Path(stem)
     return [atomic_write_text(table.to_csv(index=True), stem.with_suffix(".csv")),
             atomic_write_text(table.to_markdown(floatfmt=".2f") + "\n", stem.with_suffix(".md"))]
+
+
+# --------------------------------------------------------------------------------------------
+# ECLIPSE: sparse diffusion model, purified sets, the defense with its modules
+# --------------------------------------------------------------------------------------------
+def diffusion_config(profile: Profile | str, **overrides):
+    """The profile's :class:`DiffusionTrainConfig` (``overrides``: replicas, enlargement, iterations, ...)."""
+    from .diffusion.checkpoints import DiffusionSettings
+    from .diffusion.train import DiffusionTrainConfig
+    from .diffusion.unet import UNetConfig
+
+    profile = get_profile(profile)
+    train = dict(profile.diffusion_train)
+    return DiffusionTrainConfig(
+        unet=UNetConfig(**profile.unet), diffusion=DiffusionSettings(diffusion_steps=profile.diffusion_steps),
+        replicas=overrides.pop("replicas", profile.replicas), seed=profile.seed,
+        checkpoint_every=max(1, train["iterations"] // 10), **{**train, **overrides})
+
+
+def diffusion_model(profile: Profile | str, pool: ImageSet, *, sparse_size: int | None = None,
+                    progress: bool = True, **overrides):
+    """Train (or fetch) the profile's diffusion model on a sparse set drawn from the defender ``pool``.
+
+    Returns ``(ema_model, schedule, key)``; ``key`` identifies the model in other cache keys. The
+    training folder is ``<cache>/diffusion/<key>``; an interrupted run resumes from its checkpoint.
+    """
+    from .data import sparse_set
+    from .diffusion.checkpoints import schedule_from_settings
+    from .diffusion.train import train_diffusion
+    from .purify import load_purifier
+
+    profile = get_profile(profile)
+    sparse = sparse_set(pool, sparse_size or profile.sparse_size, profile.seed)
+    cfg = diffusion_config(profile, **overrides)
+    identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
+    key = config_key({"sparse": digest(sparse), "config": identity})
+    folder = cache_dir() / "diffusion" / key
+    done = folder / "done.json"
+    if done.exists():
+        model, schedule = load_purifier(folder / "checkpoint.pt")
+        return model, schedule, key
+    tick = time.perf_counter()
+    result = train_diffusion(sparse.images, cfg, folder, progress=progress, device="cpu" if not torch.cuda.is_available() else None)
+    from .storage import atomic_write_json
+
+    atomic_write_json({"config": identity, "sparse_images": len(sparse), "steps": result.step,
+                       "final_loss": float(sum(result.losses[-50:]) / max(1, len(result.losses[-50:]))),
+                       "wall_time_s": time.perf_counter() - tick}, done)
+    return result.ema, schedule_from_settings(cfg.diffusion), key
+
+
+def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, model_key: str, *,
+                 t_star: int | None = None, sampler: str | None = None, steps: int | None = None,
+                 progress: bool = True) -> ImageSet:
+    """``dataset`` purified by the model (noise to t*, then reverse), cached and resumable by chunks."""
+    from .purify import purify
+
+    profile = get_profile(profile)
+    t_star = t_star or profile.t_star
+    sampler = sampler or profile.sampler
+    steps = steps if steps is not None else profile.sampler_steps
+    key = config_key({"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler,
+                      "steps": steps, "seed": profile.seed, "batch": profile.purify_batch_size})
+    final = cache_dir() / "purified" / f"{key}.pt"
+    source = f"purified[t*={t_star},{sampler}]({dataset.source})"
+    if final.exists():
+        return dataset.with_images(safe_torch_load(final), source)
+    images = purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
+                    batch_size=profile.purify_batch_size, resume_dir=final.with_suffix(""), progress=progress)
+    atomic_torch_save(images, final)
+    return dataset.with_images(images, source)
+
+
+MODULES = {"A+B+C": (True, "compensation"), "A": (True, "none"), "B": (False, "grayscale"),
+           "C": (False, "noise"), "A+B": (True, "grayscale"), "A+C": (True, "noise"), "B+C": (False, "compensation")}
+"""ECLIPSE's modules (Table 4): A = diffusion purification, B = random grayscale, C = Gaussian noise."""
+
+
+def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules: str = "A+B+C", *,
+                purifier: tuple | None = None, pool: ImageSet | None = None, progress: bool = True,
+                **purify_overrides) -> dict:
+    """ECLIPSE on ``dataset`` (a possibly poisoned training set): purify if module A is on, then train the
+    victim with the compensation modules that are on; returns the victim result."""
+    if modules not in MODULES:
+        raise ValueError(f"modules must be one of {list(MODULES)}, got {modules!r}")
+    use_diffusion, defense = MODULES[modules]
+    if use_diffusion:
+        if purifier is None:
+            if pool is None:
+                raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
+            purifier = diffusion_model(profile, pool, progress=progress)
+        dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
+    result = victim_run(dataset, evaluation, profile, defense, progress=progress)
+    return {**result, "modules": modules}

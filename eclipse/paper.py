@@ -27,8 +27,3 @@ TABLE7_T_STAR = pd.Series({50: 79.77, 100: 83.82, 150: 81.63}, name="t*")
 
 # Table 1 averages of other defenses (over the poisons)
 TABLE1_AVERAGES = pd.Series({"none": 27.0, "iss-j": 80.0, "AT": 76.0, "eclipse": 83.82})
-
-MODULES = {"A+B+C": (True, "compensation"), "A": (True, "none"), "B": (False, "grayscale"),
-           "C": (False, "noise"), "A+B": (True, "grayscale"), "A+C": (True, "noise"),
-           "B+C": (False, "compensation")}
-"""Table 4's rows as (purify with diffusion?, training-time defense)."""
