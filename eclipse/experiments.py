@@ -175,7 +175,7 @@ MODULES = {"A+B+C": (True, "compensation"), "A": (True, "none"), "B": (False, "g
 
 def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules: str = "A+B+C", *,
                 purifier: tuple | None = None, pool: ImageSet | None = None, progress: bool = True,
-                **purify_overrides) -> dict:
+                victim: dict | None = None, **purify_overrides) -> dict:
     """ECLIPSE on ``dataset`` (a possibly poisoned training set): purify if module A is on, then train the
     victim with the compensation modules that are on; returns the victim result."""
     if modules not in MODULES:
@@ -187,5 +187,34 @@ def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str,
                 raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
             purifier = diffusion_model(profile, pool, progress=progress)
         dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
-    result = victim_run(dataset, evaluation, profile, defense, progress=progress)
+    result = victim_run(dataset, evaluation, profile, defense, progress=progress, **(victim or {}))
     return {**result, "modules": modules}
+
+
+def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
+                  progress: bool = True, log=print, **victim_overrides) -> pd.DataFrame:
+    """Long table of test accuracy for every (attack, method). ``attacks`` may include ``clean``; a
+    method is a training-time defense name or ``eclipse:<modules>`` (e.g. ``eclipse:A+B+C``). Every
+    run is cached, so notebooks that share cells share the work."""
+    profile = get_profile(profile)
+    sets = clean_data(profile, data)
+    purifier = None
+    rows, started = [], time.perf_counter()
+    for attack in attacks:
+        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
+        for method in methods:
+            if method.startswith("eclipse"):
+                modules = method.split(":", 1)[1] if ":" in method else "A+B+C"
+                if MODULES[modules][0] and purifier is None:
+                    purifier = diffusion_model(profile, sets["pool"], progress=progress)
+                result = eclipse_run(train, sets["eval"], profile, modules, purifier=purifier, progress=progress,
+                                     victim=victim_overrides)
+            else:
+                result = victim_run(train, sets["eval"], profile, method, progress=progress, **victim_overrides)
+            rows.append({"attack": attack, "method": method, "test_acc": result["test_acc"],
+                         "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
+            if log:
+                log(f"{attack:>6} x {method:<14} {result['test_acc']:6.2f}%  "
+                    f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
+                    f"{time.perf_counter() - started:.0f}s so far)")
+    return pd.DataFrame(rows)

@@ -1,0 +1,167 @@
+"""Registry of poisoning attacks by name, and ``poison``, the one entry point that validates inputs.
+
+Every attack is a plain function ``fn(images, labels, *, seed, num_classes, **params) -> torch.Tensor``
+that takes uint8 images ``(N, 3, H, W)`` and int64 labels ``(N,)`` in ``0..num_classes-1`` and returns the
+poisoned uint8 images (same shape). Model-free attacks (URP, LSP, AR, OPS) register themselves from
+``eclipse.attacks.model_free``; model-based ones (EM, TAP, REM, SEP, EFP, adaptive) plug in the same way:
+define the function, then ``register(AttackSpec(...))`` at import time of their module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol
+
+import torch
+
+from eclipse.attacks.budgets import perturbation_norms
+
+FAMILIES = ("model-free", "model-based")
+NORMS = ("linf", "l2", "l0")
+# Slack on the registered budget when checking a quantised poison (float rounding of the norm itself).
+BUDGET_TOLERANCE = 1e-6
+_CHECK_CHUNK = 4096
+
+
+class AttackFn(Protocol):
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, *, seed: int, num_classes: int, **params: Any
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One registered attack: its function, family, the norm it is budgeted in and that budget.
+
+    ``budget`` is on the [0, 1] pixel scale for ``linf``/``l2`` and a count of pixel positions for ``l0``.
+    """
+
+    name: str
+    fn: AttackFn
+    family: str
+    norm: str
+    budget: float
+    description: str
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.strip().lower():
+            raise ValueError(f"attack name must be non-empty lower-case without spaces, got {self.name!r}")
+        if not callable(self.fn):
+            raise ValueError(f"attack {self.name!r}: fn must be callable")
+        if self.family not in FAMILIES:
+            raise ValueError(f"attack {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"attack {self.name!r}: norm must be one of {NORMS}, got {self.norm!r}")
+        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"attack {self.name!r}: budget must be a positive finite number, got {self.budget!r}")
+
+
+_REGISTRY: dict[str, AttackSpec] = {}
+ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(_REGISTRY)
+"""Read-only live view of the registered attacks, by name."""
+
+
+def register(spec: AttackSpec, *, replace: bool = False) -> AttackSpec:
+    """Add ``spec`` to the registry; a second attack with the same name is an error unless ``replace``."""
+    if not isinstance(spec, AttackSpec):
+        raise TypeError(f"register expects an AttackSpec, got {type(spec).__name__}")
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"attack {spec.name!r} is already registered (pass replace=True to override)")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_attack(name: str) -> AttackSpec:
+    """The registered attack called ``name`` (case-insensitive)."""
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+        raise KeyError(f"unknown attack {name!r}; known attacks: {known}")
+    return _REGISTRY[key]
+
+
+def validate_poison_inputs(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Check images (uint8 ``(N, 3, H, W)``) and labels (integer ``(N,)`` in range).
+
+    Returns the labels as int64 on the CPU and the number of classes (``labels.max() + 1`` when not given).
+    Raises ``ValueError`` naming the problem.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"images must have dtype torch.uint8 (0..255), got {images.dtype}; "
+            "convert float [0, 1] images with (x * 255).round().to(torch.uint8)"
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor (int64), got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"labels must have shape (N,) = ({images.shape[0]},) to match images, got {tuple(labels.shape)}"
+        )
+    labels = labels.to(device="cpu", dtype=torch.int64)
+    low, high = int(labels.min()), int(labels.max())
+    if num_classes is None:
+        num_classes = high + 1
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1} (num_classes={num_classes}), got range {low}..{high}")
+    return labels, num_classes
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return seed
+
+
+def check_within_budget(poisoned: torch.Tensor, clean: torch.Tensor, spec: AttackSpec) -> None:
+    """Raise ``RuntimeError`` if any poisoned image exceeds ``spec``'s budget (after 8-bit quantisation)."""
+    worst, count = 0.0, 0
+    for start in range(0, clean.shape[0], _CHECK_CHUNK):
+        stop = start + _CHECK_CHUNK
+        size = perturbation_norms(poisoned[start:stop], clean[start:stop])[spec.norm].double()
+        worst = max(worst, float(size.max()))
+        count += int((size > spec.budget + BUDGET_TOLERANCE).sum())
+    if count:
+        raise RuntimeError(
+            f"attack {spec.name!r}: {count} poisoned images exceed the {spec.norm} budget {spec.budget:.6g} "
+            f"(largest {worst:.6g}); pass check_budget=False if a larger budget was intended"
+        )
+
+
+def poison(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+    num_classes: int | None = None,
+    check_budget: bool = True,
+    **params: Any,
+) -> torch.Tensor:
+    """Poison ``images`` with the attack ``name``; returns uint8 images of the same shape and device.
+
+    ``params`` go to the attack function. With ``check_budget`` every poisoned image is verified to be within
+    the attack's registered budget after quantisation (a ``RuntimeError`` otherwise).
+    """
+    spec = get_attack(name)
+    seed = _check_seed(seed)
+    labels, num_classes = validate_poison_inputs(images, labels, num_classes)
+    clean = images.detach().to("cpu").contiguous()
+    poisoned = spec.fn(clean, labels, seed=seed, num_classes=num_classes, **params)
+    if not isinstance(poisoned, torch.Tensor) or poisoned.dtype != torch.uint8 or poisoned.shape != clean.shape:
+        raise RuntimeError(f"attack {spec.name!r} must return uint8 images of shape {tuple(clean.shape)}")
+    if check_budget:
+        check_within_budget(poisoned, clean, spec)
+    return poisoned.to(images.device)
