@@ -51,7 +51,8 @@ QUICK = Profile(
     victim=TrainConfig(arch="resnet18", width=16, epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4,
                        schedule="onecycle"),
     sparse_size=2000, replicas=4, t_star=100, sampler="ancestral", diffusion_steps=4000,
-    unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=4, dropout=0.0),
+    unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=4, dropout=0.0,
+              channel_mult=(1, 2, 2)),
     diffusion_train=dict(iterations=3000, batch_size=64, lr=2e-4, ema_rate=0.999, t_max=200),
     purify_batch_size=500,
 )
@@ -61,7 +62,8 @@ SMOKE = Profile(
     victim=TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=100, lr=0.05, schedule="onecycle",
                        eval_every=1),
     sparse_size=50, replicas=1, t_star=10, sampler="ancestral", diffusion_steps=4000,
-    unet=dict(num_channels=16, num_res_blocks=1, attention_resolutions="16", num_heads=2, dropout=0.0),
+    unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=2, dropout=0.0,
+              channel_mult=(1, 1)),
     diffusion_train=dict(iterations=10, batch_size=16, lr=1e-4, ema_rate=0.99, t_max=20),
     purify_batch_size=250,
 )

@@ -67,7 +67,7 @@ def evaluate(model: torch.nn.Module, test: ImageSet, batch_size: int = 1000, dev
     model.eval()
     correct = 0
     for images, labels in zip(test.images.split(batch_size), test.labels.split(batch_size)):
-        logits = model(images.to(device).float().div_(255))
+        logits = model(images.to(device).float().div_(255).contiguous(memory_format=torch.channels_last))
         correct += int((logits.argmax(1).cpu() == labels).sum())
     model.train(was_training)
     return 100.0 * correct / len(test)
@@ -94,7 +94,8 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
     ckpt_path = out_dir / "checkpoint.pt" if out_dir else None
 
     seed_everything(seed)
-    model = build_victim(config.arch, len(train.classes), config.width).to(device)
+    # channels_last: oneDNN (CPU) and cuDNN run these convolutions faster in NHWC (1.3x measured on 2 cores)
+    model = build_victim(config.arch, len(train.classes), config.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(train) // config.batch_size)
@@ -136,7 +137,7 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
             target = y
             if defense.on_batch is not None:
                 x, target = defense.on_batch(x, y)
-            logits = model(x.to(device))
+            logits = model(x.to(device, memory_format=torch.channels_last))
             loss = F.cross_entropy(logits, target.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,36 @@
+"""Execute notebooks under the smoke profile and keep only the outputs of cells marked
+``# NBVAL_CHECK_OUTPUT`` (the ones nbval compares in CI); every other output is cleared so the
+committed notebooks stay small and profile-neutral.
+
+    python scripts/store_check_outputs.py notebooks/01-noise-assimilation.ipynb [...]
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def main(paths: list[str]) -> None:
+    env = {"ECLIPSE_PROFILE": "smoke", "ECLIPSE_FIGURES": tempfile.mkdtemp(prefix="eclipse-figures-")}
+    os.environ.update({k: os.environ.get(k, v) if k == "ECLIPSE_CACHE" else v for k, v in env.items()})
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        for cell in nb.cells:
+            if cell.cell_type == "code" and MARK not in cell.source:
+                cell.outputs = []
+                cell.execution_count = None  # nbval treats checked cells without a count as unrun
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+        print("stored", path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
