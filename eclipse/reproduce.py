@@ -22,13 +22,14 @@ NOTEBOOK_DIR = REPO / "notebooks"
 FIGURES_DIR = REPO / "figures"
 
 
-def notebook_paths(only: list[str] | None = None) -> list[Path]:
+def notebook_paths(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """The reproduction notebooks in reading order, optionally those whose name contains an ``only`` item."""
-    paths = sorted(p for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb") if not p.name.endswith("-checkpoint.ipynb"))
+    paths = sorted(p for p in Path(notebook_dir).glob("[0-9]*.ipynb") if not p.name.endswith("-checkpoint.ipynb"))
     if only:
+        available = [p.stem for p in paths]
         paths = [p for p in paths if any(key in p.stem for key in only)]
         if not paths:
-            raise ValueError(f"no notebook matches {only}; available: {[p.stem for p in notebook_paths()]}")
+            raise ValueError(f"no notebook matches {only}; available: {available}")
     return paths
 
 
@@ -41,7 +42,7 @@ def kernel_name() -> str:
 
 def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir: str | Path | None = None,
               figures_dir: str | Path = FIGURES_DIR, seed: int = 0, timeout_s: int | None = None,
-              parameters: dict | None = None) -> pd.DataFrame:
+              parameters: dict | None = None, notebook_dir: str | Path = NOTEBOOK_DIR) -> pd.DataFrame:
     """Execute the notebooks under ``profile``; return one row per notebook (status, seconds, output)."""
     import papermill as pm
 
@@ -51,7 +52,7 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
     figures_dir = Path(figures_dir)
     kernel = kernel_name()
     rows = []
-    paths = notebook_paths(only)
+    paths = notebook_paths(only, Path(notebook_dir))
     bar = tqdm(paths, desc=f"reproduce [{profile}]", unit="notebook")
     for path in bar:
         bar.set_postfix_str(path.stem)
@@ -59,7 +60,7 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
         out = run_dir / path.name
         tick = time.perf_counter()
         try:
-            pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
+            pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(notebook_dir),
                                 progress_bar=False, execution_timeout=timeout_s)
             status, error = "ok", ""
         except Exception as err:  # noqa: BLE001 - a failed notebook is recorded, the rest still run

@@ -1,0 +1,79 @@
+"""Notebook hygiene, nbval's ability to fail, and the papermill reproduction runner."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from eclipse.reproduce import NOTEBOOK_DIR, notebook_paths, reproduce
+
+MARK = "# NBVAL_CHECK_OUTPUT"
+NOTEBOOKS = notebook_paths()
+
+
+def test_there_is_a_notebook_per_figure_group():
+    names = [p.stem for p in NOTEBOOKS]
+    for key in ("noise-assimilation", "sparse-diffusion", "purification-gallery", "main-results", "ablation",
+                "hyperparameters", "residual-poisons"):
+        assert any(key in n for n in names), key
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shape(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for name in ("profile", "seed", "figures_dir"):
+        assert f"{name} =" in tagged[0].source
+    assert nb.metadata["kernelspec"]["name"] == "eclipse"
+    checked = [c for c in nb.cells if c.cell_type == "code" and MARK in c.source]
+    assert checked and all(c.outputs for c in checked), "checked cells carry their expected output"
+    unchecked_outputs = [c for c in nb.cells if c.cell_type == "code" and MARK not in c.source and c.outputs]
+    assert not unchecked_outputs, "other outputs are stripped (figures live in figures/)"
+    assert nb.cells[0].cell_type == "markdown" and len(nb.cells[0].source) > 200  # says what it shows
+    assert "widgets" not in nb.metadata
+
+
+def test_nbval_fails_on_a_broken_output(tmp_path):
+    source = NOTEBOOK_DIR / "01-noise-assimilation.ipynb"
+    broken = tmp_path / "01-broken.ipynb"
+    nb = nbformat.read(source, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and MARK in c.source)
+    cell.outputs[0]["text"] = cell.outputs[0]["text"].replace("True", "False", 1)
+    nbformat.write(nb, broken)
+    shutil.copy(source, tmp_path / "01-intact.ipynb")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda p: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(p),  # noqa: E731
+                                    "--rootdir", str(tmp_path), "-c", os.devnull, "--nbval-lax", "--nbval-current-env"],
+                                   capture_output=True, text=True, env=env, cwd=NOTEBOOK_DIR, timeout=900)
+    bad = run(broken)
+    assert bad.returncode != 0 and "mismatch" in bad.stdout.lower(), bad.stdout[-2000:]
+    good = run(tmp_path / "01-intact.ipynb")
+    assert good.returncode == 0, good.stdout[-2000:]
+
+
+def test_reproduce_runs_keeps_going_and_reports(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(NOTEBOOK_DIR / "01-noise-assimilation.ipynb", notebooks)
+    failing = nbformat.v4.new_notebook()
+    failing.cells = [nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0\nfigures_dir = '.'", metadata={"tags": ["parameters"]}),
+                     nbformat.v4.new_code_cell("raise RuntimeError('deliberate failure')")]
+    nbformat.write(failing, notebooks / "00-fails.ipynb")
+    summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks)
+    assert list(summary["notebook"]) == ["00-fails", "01-noise-assimilation"]
+    assert list(summary["status"]) == ["failed", "ok"]  # the failure did not stop the next notebook
+    assert "deliberate failure" in summary["error"].iloc[0]
+    assert (tmp_path / "run" / "01-noise-assimilation.ipynb").exists()
+    executed = nbformat.read(tmp_path / "run" / "01-noise-assimilation.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert (tmp_path / "figures" / "fig2a-noise-assimilation.png").exists()
+    manifest = json.loads((tmp_path / "figures" / "manifest-smoke.json").read_text())
+    assert manifest["profile"] == "smoke" and {r["notebook"] for r in manifest["notebooks"]} == {"00-fails", "01-noise-assimilation"}
+    assert manifest["commit"] and manifest["machine"]["cpu_count"]
