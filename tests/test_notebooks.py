@@ -65,6 +65,8 @@ def test_reproduce_runs_keeps_going_and_reports(tmp_path):
     failing = nbformat.v4.new_notebook()
     failing.cells = [nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0\nfigures_dir = '.'", metadata={"tags": ["parameters"]}),
                      nbformat.v4.new_code_cell("raise RuntimeError('deliberate failure')")]
+    failing.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                        "language_info": {"name": "python"}}
     nbformat.write(failing, notebooks / "00-fails.ipynb")
     summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks)
     assert list(summary["notebook"]) == ["00-fails", "01-noise-assimilation"]
