@@ -7,7 +7,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-os.environ.setdefault("ECLIPSE_CACHE", str(REPO / ".cache-test"))
+if "ECLIPSE_CACHE" not in os.environ:
+    # a fresh cache per test session, so cached artifacts never stand in for the code under test;
+    # only decoded CIFAR-10 (keyed by the source file's size and mtime) is kept between sessions
+    _cache = Path(tempfile.mkdtemp(prefix="eclipse-test-cache-"))
+    _decoded = REPO / ".cache-test" / "decoded"
+    _decoded.mkdir(parents=True, exist_ok=True)
+    (_cache / "decoded").symlink_to(_decoded, target_is_directory=True)
+    os.environ["ECLIPSE_CACHE"] = str(_cache)
 os.environ.setdefault("ECLIPSE_PROFILE", "smoke")
 os.environ.setdefault("ECLIPSE_FIGURES", tempfile.mkdtemp(prefix="eclipse-figures-"))
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -19,6 +19,14 @@ def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick") -> Non
     parser.add_argument("--seed", type=int, default=None, help="override the profile's seed")
 
 
+def _profile(args: argparse.Namespace):
+    """The profile named by ``--profile`` with ``--seed`` applied."""
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    return profile.with_overrides(seed=args.seed) if getattr(args, "seed", None) is not None else profile
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
     import torchvision
@@ -72,13 +80,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import load_images
     from .experiments import clean_data, victim_run
-    from .profiles import get_profile
 
-    profile = get_profile(args.profile)
+    profile = _profile(args)
     sets = clean_data(profile, args.data)
     train = load_images(args.dataset) if args.dataset else sets["train"]
     overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs)) if v is not None}
-    result = victim_run(train, sets["eval"], profile, args.defense, seed=args.seed, **overrides)
+    result = victim_run(train, sets["eval"], profile, args.defense, **overrides)
     summary = {k: result[k] for k in ("defense", "seed", "n_train", "n_test", "test_acc", "wall_time_s", "cached")}
     summary["arch"] = result["config"]["arch"]
     print(json.dumps(summary, indent=2))
@@ -94,11 +101,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     from .defenses import DEFENSE_NAMES
     from .experiments import clean_data, defense_table, poisoned_set, save_table
     from .manifest import write_manifest
-    from .profiles import get_profile
+    from .storage import atomic_write_text
 
-    profile = get_profile(args.profile)
-    if args.seed is not None:
-        profile = profile.with_overrides(seed=args.seed)
+    profile = _profile(args)
     started = time.perf_counter()
     sets = clean_data(profile, args.data)
     datasets = {}
@@ -110,7 +115,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     stem = out / f"table-defenses-{profile.name}"
     paths = save_table(table, stem)
-    long.to_csv(stem.with_name(stem.name + "-runs.csv"), index=False)
+    atomic_write_text(long.to_csv(index=False), stem.with_name(stem.name + "-runs.csv"))
     write_manifest(stem.with_name(stem.name + "-manifest.json"), profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
@@ -123,19 +128,23 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_poison(args: argparse.Namespace) -> int:
     from .data import save_images
     from .experiments import clean_data, poisoned_set
-    from .profiles import get_profile
 
-    profile = get_profile(args.profile)
-    seed = profile.seed if args.seed is None else args.seed
+    profile = _profile(args)
     clean = clean_data(profile, args.data)["train"]
     started = time.perf_counter()
-    poisoned = poisoned_set(clean, args.attack, seed)
+    poisoned = poisoned_set(clean, args.attack, profile.seed)
     save_images(poisoned, args.out)
     print(f"{args.attack}: {len(poisoned)} images -> {args.out} ({time.perf_counter() - started:.1f}s)")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    try:
+        import papermill  # noqa: F401
+    except ImportError:
+        print("eclipse: error: `eclipse reproduce` needs the notebook extras: pip install -e '.[notebooks]'",
+              file=sys.stderr)
+        return 2
     from .reproduce import reproduce
 
     summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
@@ -149,9 +158,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from .experiments import clean_data, diffusion_model
-    from .profiles import get_profile
 
-    profile = get_profile(args.profile)
+    profile = _profile(args)
     overrides = {k: v for k, v in (("replicas", args.replicas), ("enlargement", args.enlargement),
                                    ("iterations", args.iterations)) if v is not None}
     pool = clean_data(profile, args.data)["pool"]
@@ -182,9 +190,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from .data import load_images
     from .experiments import clean_data, eclipse_run, poisoned_set
-    from .profiles import get_profile
 
-    profile = get_profile(args.profile)
+    profile = _profile(args)
     sets = clean_data(profile, args.data)
     if args.dataset:
         dataset = load_images(args.dataset)
@@ -281,11 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except DataError as err:
-        print(f"eclipse: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"eclipse: error: {err}", file=sys.stderr)
+    except (DataError, ValueError, KeyError, NotImplementedError, FloatingPointError, RuntimeError,
+            FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"eclipse: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -159,10 +159,19 @@ def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSe
                     f"perturbation .pt/.npy files go through apply_perturbation)")
 
 
+def _source_stamp(path: Path) -> list:
+    """Size and modification time of a file, or of every file under a folder (a folder's own mtime
+    does not change when files deeper inside are rewritten)."""
+    if path.is_file():
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+    return sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in path.rglob("*") if f.is_file())
+
+
 def _cached(path: Path, split: str | None, reader) -> ImageSet:
-    stat = path.stat()
-    key = config_key({"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-                      "split": split, "reader": reader.__name__, "version": 1})
+    key = config_key({"path": str(path.resolve()), "stamp": _source_stamp(path), "split": split,
+                      "reader": reader.__name__, "version": 1})
     target = cache_dir() / "decoded" / f"{path.name.split('.')[0]}-{split or 'all'}-{key}.pt"
     if target.exists():
         blob = safe_torch_load(target)
@@ -227,7 +236,11 @@ def _read_image_tar(path: Path, split: str | None):
 
 
 def _read_image_folder(path: Path, split: str | None):
-    root = path / split if split and (path / split).is_dir() else path
+    root = path
+    if split is not None:
+        if not (path / split).is_dir():
+            raise DataError(f"{path}: no '{split}' folder (expected {path}/{split}/<class>/<image>)")
+        root = path / split
     entries = [(f.parent.name, f.name, f.read_bytes())
                for f in root.glob("*/*") if f.suffix.lower() in IMAGE_EXTENSIONS]
     return _collect(entries, root)

@@ -18,8 +18,22 @@ import torch
 from .data import ImageSet, load_cifar10, split_test, train_subset
 from .defenses import make_defense
 from .profiles import Profile, get_profile
+from .seeding import default_device
 from .storage import atomic_torch_save, cache_dir, config_key, safe_torch_load
 from .training import train_victim
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the source files that determine an artifact (e.g. ``"attacks"``, ``"training"``), so a
+    cached artifact is never reused after the code that made it changed."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in modules:
+        target = root / name
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
+        for f in files:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def digest(dataset: ImageSet) -> str:
@@ -44,7 +58,8 @@ def poisoned_set(clean: ImageSet, attack: str, seed: int, **params) -> ImageSet:
     """``clean`` poisoned by ``attack`` (cached by content, attack, parameters and seed)."""
     from .attacks import poison
 
-    key = config_key({"data": digest(clean), "attack": attack, "seed": seed, "params": params})
+    key = config_key({"data": digest(clean), "attack": attack, "seed": seed, "params": params,
+                      "code": code_version("attacks")})
     path = cache_dir() / "poisons" / f"{attack}-{key}.pt"
     if path.exists():
         blob = safe_torch_load(path)
@@ -62,7 +77,8 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
     victim = profile.with_overrides(victim=victim_overrides).victim if victim_overrides else profile.victim
     defense_obj = make_defense(defense, gray_p=profile.gray_p, sigma=profile.sigma, num_classes=len(train.classes))
     key = config_key({"train": digest(train), "eval": digest(evaluation), "victim": asdict(victim),
-                      "defense": defense, "params": dict(defense_obj.params), "seed": seed})
+                      "defense": defense, "params": dict(defense_obj.params), "seed": seed,
+                      "code": code_version("training", "victims", "defenses")})
     out_dir = cache_dir() / "runs" / key
     result_path = out_dir / "result.json"
     if result_path.exists():
@@ -130,14 +146,14 @@ def diffusion_model(profile: Profile | str, pool: ImageSet, *, sparse_size: int 
     sparse = sparse_set(pool, sparse_size or profile.sparse_size, profile.seed)
     cfg = diffusion_config(profile, **overrides)
     identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
-    key = config_key({"sparse": digest(sparse), "config": identity})
+    key = config_key({"sparse": digest(sparse), "config": identity, "code": code_version("diffusion")})
     folder = cache_dir() / "diffusion" / key
     done = folder / "done.json"
     if done.exists():
-        model, schedule = load_purifier(folder / "checkpoint.pt")
+        model, schedule = load_purifier(folder / "checkpoint.pt", device=default_device())
         return model, schedule, key
     tick = time.perf_counter()
-    result = train_diffusion(sparse.images, cfg, folder, progress=progress, device="cpu" if not torch.cuda.is_available() else None)
+    result = train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
     from .storage import atomic_write_json
 
     atomic_write_json({"config": identity, "sparse_images": len(sparse), "steps": result.step,
@@ -157,7 +173,8 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     sampler = sampler or profile.sampler
     steps = steps if steps is not None else profile.sampler_steps
     key = config_key({"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler,
-                      "steps": steps, "seed": profile.seed, "batch": profile.purify_batch_size})
+                      "steps": steps, "seed": profile.seed, "batch": profile.purify_batch_size,
+                      "code": code_version("purify", "diffusion")})
     final = cache_dir() / "purified" / f"{key}.pt"
     source = f"purified[t*={t_star},{sampler}]({dataset.source})"
     if final.exists():

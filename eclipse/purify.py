@@ -75,7 +75,18 @@ def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_s
 
 
 def _fingerprint(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _model_fingerprint(model: Model) -> str:
+    """Hash of a module's weights (so a resume folder is never reused with another model)."""
+    if not isinstance(model, torch.nn.Module):
+        return "callable"
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_star: int,
@@ -101,7 +112,9 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     folder = Path(resume_dir) if resume_dir is not None else None
     if folder is not None:
         _check_manifest(folder, dict(n=n, shape=list(images.shape), images=_fingerprint(images), t_star=t_star,
-                                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size))
+                                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                                     model=_model_fingerprint(model), betas=_fingerprint(schedule.betas),
+                                     device=device.type, autocast=str(autocast_dtype)))
     out = torch.empty_like(images)
     for ci, start in enumerate(tqdm(starts, disable=not progress, desc=f"purify t*={t_star} {sampler}")):
         stop = min(start + batch_size, n)

@@ -69,7 +69,21 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: not a readable torch file of tensors ({type(err).__name__}: {err})") from err
 
 
+def _content(value: Any) -> Any:
+    """JSON stand-in for values json cannot hold: tensors/arrays by content hash, files by content hash."""
+    import numpy as np
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().contiguous().numpy()
+    if isinstance(value, np.ndarray):
+        return {"array": hashlib.sha256(value.tobytes()).hexdigest(), "shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and os.path.isfile(value)):
+        return {"file": hashlib.sha256(Path(value).read_bytes()).hexdigest()}
+    return str(value)
+
+
 def config_key(config: Any, length: int = 16) -> str:
-    """Stable short hash of a JSON-serialisable configuration (used to key cached artifacts)."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    """Stable short hash of a configuration (used to key cached artifacts); tensors, arrays and files
+    count by their content."""
+    blob = json.dumps(config, sort_keys=True, default=_content).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from eclipse.experiments import clean_data, poisoned_set, victim_run
 from eclipse.manifest import write_manifest
+from eclipse.storage import atomic_write_text
 from eclipse.profiles import QUICK
 from eclipse.data import train_subset
 
@@ -41,7 +42,7 @@ def main(items: list[str]) -> None:
                "train_s": round(result["wall_time_s"], 1)}
         rows = [r for r in rows if any(r[k] != row[k] for k in ("attack", "crop", "train_size", "epochs", "width"))]
         rows.append(row)
-        pd.DataFrame(rows).to_csv(OUT, index=False)
+        atomic_write_text(pd.DataFrame(rows).to_csv(index=False), OUT)
         print(row, flush=True)
     write_manifest(OUT.with_name("quick-calibration-sweep-manifest.json"), profile="quick", seed=QUICK.seed,
                    wall_time_s=time.perf_counter() - started, note="victim: " + str(QUICK.victim))

@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export ECLIPSE_CACHE=${ECLIPSE_CACHE:-$PWD/.cache-test}
 exec .venv/bin/python -m pytest "$@"

@@ -1,5 +1,5 @@
-"""Shared fixtures. Tests use the offline CIFAR-10 copy in ../shared/data (never a download) and a
-cache folder of their own (ECLIPSE_CACHE, default .cache-test in the repository)."""
+"""Shared fixtures. Tests use the offline CIFAR-10 copy in ../shared/data (never a download); the
+repository's conftest.py gives each session a fresh cache (ECLIPSE_CACHE)."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("ECLIPSE_CACHE", str(REPO / ".cache-test"))
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 from eclipse.data import ImageSet, find_offline_cifar10  # noqa: E402
 

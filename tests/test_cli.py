@@ -52,3 +52,8 @@ def test_inspect_reference_mismatch(random_set, tmp_path):
     data.save_images(random_set.subset(torch.arange(10)), tmp_path / "b.npz")
     proc = run("inspect", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "b.npz"))
     assert proc.returncode == 2 and "b.npz" in proc.stderr
+
+
+def test_unknown_attack_is_a_clean_error():
+    proc = run("poison", "--profile", "smoke", "--attack", "em-not-here", "--out", "/tmp/never.pkl")
+    assert proc.returncode == 2 and "em-not-here" in proc.stderr and "Traceback" not in proc.stderr

@@ -189,3 +189,19 @@ def test_splits_are_disjoint_and_balanced(cifar_test):
     sparse_c = data.sparse_set(pool, 100, seed=2)
     assert sparse_a.class_counts() == [10] * 10
     assert torch.equal(sparse_a.images, sparse_b.images) and not torch.equal(sparse_a.images, sparse_c.images)
+
+
+def test_folder_cache_sees_rewritten_files_and_missing_split(random_set, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    (root / "train" / "cat").mkdir(parents=True)
+    target = root / "train" / "cat" / "0000.png"
+    Image.fromarray(random_set.images[0].permute(1, 2, 0).numpy()).save(target)
+    first = data.load_images(root, split="train")
+    Image.fromarray(random_set.images[1].permute(1, 2, 0).numpy()).save(target)  # rewritten in place
+    os.utime(target, ns=(target.stat().st_mtime_ns + 10**9,) * 2)
+    second = data.load_images(root, split="train")
+    assert torch.equal(first.images[0], random_set.images[0]) and torch.equal(second.images[0], random_set.images[1])
+    with pytest.raises(DataError, match="no 'test' folder"):
+        data.load_images(root, split="test")

@@ -9,6 +9,8 @@ from eclipse.purify import load_purifier, to_uint8
 
 from test_diffusion_conformance import TINY
 
+pytestmark = pytest.mark.skipif(not TINY.exists(), reason=f"conformance reference not found at {TINY}")
+
 TINY_YAML = """\
 data:
   dataset: "CIFAR10"
