@@ -2,7 +2,9 @@
 
 Set before any kernel starts, so nbval's kernels inherit it. Notebooks read ECLIPSE_PROFILE and
 ECLIPSE_FIGURES in their parameters cell (papermill overrides both)."""
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,8 +17,11 @@ if "ECLIPSE_CACHE" not in os.environ:
     _decoded.mkdir(parents=True, exist_ok=True)
     (_cache / "decoded").symlink_to(_decoded, target_is_directory=True)
     os.environ["ECLIPSE_CACHE"] = str(_cache)
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("ECLIPSE_PROFILE", "smoke")
-os.environ.setdefault("ECLIPSE_FIGURES", tempfile.mkdtemp(prefix="eclipse-figures-"))
+if "ECLIPSE_FIGURES" not in os.environ:
+    os.environ["ECLIPSE_FIGURES"] = tempfile.mkdtemp(prefix="eclipse-figures-")
+    atexit.register(shutil.rmtree, os.environ["ECLIPSE_FIGURES"], ignore_errors=True)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 collect_ignore_glob = ["runs/*", ".cache-test/*", "**/.ipynb_checkpoints/*"]
