@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """Attacks x defenses test-accuracy table for a profile, written to figures/ with a manifest."""
     from .defenses import DEFENSE_NAMES
-    from .experiments import clean_data, defense_table, poisoned_set, save_table
+    from .experiments import clean_data, defense_table, poisoned_set
+    from .viz import save_table
     from .manifest import write_manifest
     from .storage import atomic_write_text
 
@@ -114,7 +115,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     table = long.pivot(index="dataset", columns="defense", values="test_acc").loc[list(datasets), defenses]
     out = Path(args.out_dir)
     stem = out / f"table-defenses-{profile.name}"
-    paths = save_table(table, stem)
+    paths = save_table(table, stem.name, out)
     atomic_write_text(long.to_csv(index=False), stem.with_name(stem.name + "-runs.csv"))
     write_manifest(stem.with_name(stem.name + "-manifest.json"), profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,

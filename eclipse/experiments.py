@@ -104,15 +104,6 @@ def defense_table(profile: Profile | str, datasets: dict[str, ImageSet], evaluat
     return pd.DataFrame(rows)
 
 
-def save_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Write ``table`` as ``<stem>.csv`` and ``<stem>.md``."""
-    from .storage import atomic_write_text
-
-    stem = Path(stem)
-    return [atomic_write_text(table.to_csv(index=True), stem.with_suffix(".csv")),
-            atomic_write_text(table.to_markdown(floatfmt=".2f") + "\n", stem.with_suffix(".md"))]
-
-
 # --------------------------------------------------------------------------------------------
 # ECLIPSE: sparse diffusion model, purified sets, the defense with its modules
 # --------------------------------------------------------------------------------------------
