@@ -99,28 +99,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """Attacks x defenses test-accuracy table for a profile, written to figures/ with a manifest."""
     from .defenses import DEFENSE_NAMES
-    from .experiments import clean_data, defense_table, poisoned_set
-    from .viz import save_table
+    from .experiments import accuracy_grid, clean_data
     from .manifest import write_manifest
     from .storage import atomic_write_text
+    from .viz import save_table
 
     profile = _profile(args)
     started = time.perf_counter()
-    sets = clean_data(profile, args.data)
-    datasets = {}
-    for attack in args.attacks:
-        datasets[attack] = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
     defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
-    long = defense_table(profile, datasets, sets["eval"], defenses, progress=not args.no_progress)
-    table = long.pivot(index="dataset", columns="defense", values="test_acc").loc[list(datasets), defenses]
+    long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress)
+    table = long.pivot(index="attack", columns="method", values="test_acc").loc[args.attacks, defenses]
+    sets = clean_data(profile, args.data)
     out = Path(args.out_dir)
-    stem = out / f"table-defenses-{profile.name}"
-    paths = save_table(table, stem.name, out)
-    atomic_write_text(long.to_csv(index=False), stem.with_name(stem.name + "-runs.csv"))
-    write_manifest(stem.with_name(stem.name + "-manifest.json"), profile=profile.name, seed=profile.seed,
+    stem = f"table-defenses-{profile.name}"
+    paths = save_table(table, stem, out)
+    atomic_write_text(long.to_csv(index=False), out / f"{stem}-runs.csv")
+    write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
-                   run_seconds=dict(zip(long["dataset"] + "/" + long["defense"], long["train_s"].round(1))))
+                   run_seconds=dict(zip(long["attack"] + "/" + long["method"], long["train_s"])))
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
     return 0

@@ -19,7 +19,7 @@ from .data import ImageSet, load_cifar10, split_test, train_subset
 from .defenses import make_defense
 from .profiles import Profile, get_profile
 from .seeding import default_device
-from .storage import atomic_torch_save, cache_dir, config_key, safe_torch_load
+from .storage import atomic_torch_save, cache_dir, config_key, safe_torch_load, tensor_hash
 from .training import train_victim
 
 
@@ -38,10 +38,7 @@ def code_version(*modules: str) -> str:
 
 def digest(dataset: ImageSet) -> str:
     """Content hash of a dataset's images and labels."""
-    h = hashlib.sha256()
-    h.update(dataset.images.contiguous().numpy().tobytes())
-    h.update(dataset.labels.numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensor_hash(dataset.images, dataset.labels)
 
 
 def clean_data(profile: Profile | str, data: str | None = None) -> dict[str, ImageSet]:
@@ -86,22 +83,6 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
     result = train_victim(train, evaluation, victim, defense=defense_obj, seed=seed, out_dir=out_dir,
                           progress=progress)
     return {**result, "cached": False}
-
-
-def defense_table(profile: Profile | str, datasets: dict[str, ImageSet], evaluation: ImageSet,
-                  defenses: list[str], *, progress: bool = True, log=print) -> pd.DataFrame:
-    """Test accuracy (%) of the profile's victim for every (dataset, defense); rows are datasets."""
-    rows, started = [], time.perf_counter()
-    for name, dataset in datasets.items():
-        for defense in defenses:
-            result = victim_run(dataset, evaluation, profile, defense, progress=progress)
-            rows.append({"dataset": name, "defense": defense, "test_acc": result["test_acc"],
-                         "train_s": result["wall_time_s"], "cached": result["cached"]})
-            if log:
-                took = "cached" if result["cached"] else f"{result['wall_time_s']:.0f}s"
-                log(f"{name:>10} x {defense:<13} {result['test_acc']:6.2f}%  ({took}, "
-                    f"{time.perf_counter() - started:.0f}s total)")
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------

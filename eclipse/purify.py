@@ -21,7 +21,7 @@ from .diffusion import samplers as S
 from .diffusion.checkpoints import load_model_and_schedule
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.unet import UNetModel
-from .storage import atomic_torch_save, atomic_write_json, safe_torch_load
+from .storage import atomic_torch_save, atomic_write_json, safe_torch_load, tensor_hash
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -74,19 +74,12 @@ def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_s
     raise ValueError(f"unknown sampler {sampler!r}; expected one of {S.SAMPLERS}")
 
 
-def _fingerprint(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def _model_fingerprint(model: Model) -> str:
     """Hash of a module's weights (so a resume folder is never reused with another model)."""
     if not isinstance(model, torch.nn.Module):
         return "callable"
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    state = model.state_dict()
+    return tensor_hash(*state.values()) + "-" + hashlib.sha256("|".join(state).encode()).hexdigest()[:8]
 
 
 def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_star: int,
@@ -111,9 +104,9 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     starts = list(range(0, n, batch_size))
     folder = Path(resume_dir) if resume_dir is not None else None
     if folder is not None:
-        _check_manifest(folder, dict(n=n, shape=list(images.shape), images=_fingerprint(images), t_star=t_star,
+        _check_manifest(folder, dict(n=n, shape=list(images.shape), images=tensor_hash(images), t_star=t_star,
                                      sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
-                                     model=_model_fingerprint(model), betas=_fingerprint(schedule.betas),
+                                     model=_model_fingerprint(model), betas=tensor_hash(schedule.betas),
                                      device=device.type, autocast=str(autocast_dtype)))
     out = torch.empty_like(images)
     for ci, start in enumerate(tqdm(starts, disable=not progress, desc=f"purify t*={t_star} {sampler}")):

@@ -69,6 +69,14 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: not a readable torch file of tensors ({type(err).__name__}: {err})") from err
 
 
+def tensor_hash(*tensors: torch.Tensor, length: int = 16) -> str:
+    """Short sha256 of the tensors' bytes (content fingerprint for cache keys and resume checks)."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
 def _content(value: Any) -> Any:
     """JSON stand-in for values json cannot hold: tensors/arrays by content hash, files by content hash."""
     import numpy as np

@@ -11,7 +11,6 @@ Documented deviation: ``t_max`` trains only on t <= t_max (the paper samples t u
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..seeding import default_device, make_generator
+from ..storage import tensor_hash
 from .checkpoints import DiffusionSettings, load_checkpoint, save_checkpoint, schedule_from_settings
 from .gaussian import training_losses
 from .unet import UNetConfig, UNetModel, build_unet
@@ -138,10 +138,6 @@ def _next_batch(perm: torch.Tensor, pos: int, n: int, batch_size: int,
     return torch.cat(parts), perm, pos
 
 
-def _fingerprint(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 @torch.no_grad()
 def _update_ema(ema: list[torch.Tensor], params: list[torch.Tensor], rate: float) -> None:
     for e, p in zip(ema, params):
@@ -186,7 +182,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
     data = enlarge(images.cpu(), cfg.replicas, cfg.enlargement, seed=cfg.seed,
                    rotation_degrees=cfg.rotation_degrees, crop_padding=cfg.crop_padding)
     data = (data.float() / 127.5 - 1.0).to(device)
-    fingerprint = _fingerprint(images.cpu())
+    fingerprint = tensor_hash(images)
     cfg_dict = cfg.to_dict()
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
