@@ -108,7 +108,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
     long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress)
-    table = long.pivot(index="attack", columns="method", values="test_acc").loc[args.attacks, defenses]
+    long["row"] = long["attack"].where(long["setting"] == "", long["attack"] + " (" + long["setting"] + ")")
+    table = long.pivot(index="row", columns="method", values="test_acc").reindex(columns=defenses)
+    table = table.loc[list(dict.fromkeys(long["row"]))]  # rows in the order they ran
+    table.index.name = "attack"
     sets = clean_data(profile, args.data)
     out = Path(args.out_dir)
     stem = f"table-defenses-{profile.name}"
@@ -117,7 +120,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
-                   run_seconds=dict(zip(long["attack"] + "/" + long["method"], long["train_s"])))
+                   attack_victim=profile.attack_victim,
+                   run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])))
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
     return 0
@@ -230,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="attacks x defenses accuracy table -> figures/")
     _profile_arg(p)
-    p.add_argument("--attacks", nargs="+", default=["clean"])
-    p.add_argument("--defenses", nargs="+", default=["all"])
+    p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"])
+    p.add_argument("--defenses", nargs="+", default=["none", "iss-g", "iss-j", "compensation"],
+                   help="defense names, or 'all' (adds cutout, mixup, cutmix)")
     p.add_argument("--out-dir", default=str(REPO / "figures"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_table)

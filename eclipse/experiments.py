@@ -17,7 +17,7 @@ import torch
 
 from .data import ImageSet, load_cifar10, split_test, train_subset
 from .defenses import make_defense
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, setting_label
 from .seeding import default_device
 from .storage import atomic_torch_save, cache_dir, config_key, safe_torch_load, tensor_hash
 from .training import train_victim
@@ -180,30 +180,48 @@ def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str,
     return {**result, "modules": modules}
 
 
+def attack_setting(profile: Profile | str, attack: str) -> tuple[dict, dict]:
+    """The profile's attack keyword arguments and victim overrides for ``attack`` (both usually empty)."""
+    profile = get_profile(profile)
+    return dict(profile.attack_params.get(attack, {})), dict(profile.attack_victim.get(attack, {}))
+
+
 def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
                   progress: bool = True, log=print, **victim_overrides) -> pd.DataFrame:
     """Long table of test accuracy for every (attack, method). ``attacks`` may include ``clean``; a
     method is a training-time defense name or ``eclipse:<modules>`` (e.g. ``eclipse:A+B+C``). Every
-    run is cached, so notebooks that share cells share the work."""
+    run is cached, so notebooks that share cells share the work.
+
+    Where the profile trains an attack's victim differently (``profile.attack_victim``, e.g. URP without
+    random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column, and, if
+    ``clean`` is in ``attacks``, a ``clean`` row with the same setting (method ``none``) is added as its
+    reference."""
     profile = get_profile(profile)
     sets = clean_data(profile, data)
     purifier = None
     rows, started = [], time.perf_counter()
+    jobs = []
     for attack in attacks:
-        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
-        for method in methods:
-            if method.startswith("eclipse"):
-                modules = method.split(":", 1)[1] if ":" in method else "A+B+C"
-                if MODULES[modules][0] and purifier is None:
-                    purifier = diffusion_model(profile, sets["pool"], progress=progress)
-                result = eclipse_run(train, sets["eval"], profile, modules, purifier=purifier, progress=progress,
-                                     victim=victim_overrides)
-            else:
-                result = victim_run(train, sets["eval"], profile, method, progress=progress, **victim_overrides)
-            rows.append({"attack": attack, "method": method, "test_acc": result["test_acc"],
-                         "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
-            if log:
-                log(f"{attack:>6} x {method:<14} {result['test_acc']:6.2f}%  "
-                    f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
-                    f"{time.perf_counter() - started:.0f}s so far)")
+        params, victim = attack_setting(profile, attack)
+        jobs += [(attack, params, {**victim, **victim_overrides}, method) for method in methods]
+    if "clean" in attacks:
+        settings = {setting_label(v): v for a in attacks if a != "clean" for v in [attack_setting(profile, a)[1]] if v}
+        jobs += [("clean", {}, {**v, **victim_overrides}, "none") for v in settings.values()]
+    for attack, params, victim, method in jobs:
+        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, **params)
+        if method.startswith("eclipse"):
+            modules = method.split(":", 1)[1] if ":" in method else "A+B+C"
+            if MODULES[modules][0] and purifier is None:
+                purifier = diffusion_model(profile, sets["pool"], progress=progress)
+            result = eclipse_run(train, sets["eval"], profile, modules, purifier=purifier, progress=progress,
+                                 victim=victim)
+        else:
+            result = victim_run(train, sets["eval"], profile, method, progress=progress, **victim)
+        setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
+        rows.append({"attack": attack, "setting": setting, "method": method, "test_acc": result["test_acc"],
+                     "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
+        if log:
+            log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {method:<14} {result['test_acc']:6.2f}%  "
+                f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
+                f"{time.perf_counter() - started:.0f}s so far)")
     return pd.DataFrame(rows)

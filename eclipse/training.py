@@ -38,6 +38,8 @@ class TrainConfig:
     flip: bool = True
     eval_every: int = 5
     eval_batch_size: int = 1000
+    label_smoothing: float = 0.0
+    precision: str = "fp32"     # "fp32" or "bf16" (autocast; ~1.5x on CPUs with AVX512-BF16, deterministic)
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -73,6 +75,15 @@ def evaluate(model: torch.nn.Module, test: ImageSet, batch_size: int = 1000, dev
     return 100.0 * correct / len(test)
 
 
+def _autocast(precision: str, device: torch.device):
+    """Mixed precision context for the forward pass (``fp32``: none)."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r} (fp32 or bf16)")
+
+
 def _save_checkpoint(state: dict, path: Path) -> None:
     atomic_torch_save(state, path)
 
@@ -87,6 +98,7 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
     checkpoint when called again with the same arguments; the finished result is ``result.json``.
     """
     defense = make_defense(defense, num_classes=len(train.classes)) if isinstance(defense, str) else defense
+    _autocast(config.precision, torch.device("cpu"))  # fail early on a bad name
     device = torch.device(device) if device is not None else default_device()
     identity = {"config": asdict(config), "defense": defense.name, "defense_params": dict(defense.params),
                 "seed": seed, "n_train": len(train), "n_test": len(test), "train_source": train.source}
@@ -137,8 +149,9 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
             target = y
             if defense.on_batch is not None:
                 x, target = defense.on_batch(x, y)
-            logits = model(x.to(device, memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits, target.to(device))
+            with _autocast(config.precision, device):
+                logits = model(x.to(device, memory_format=torch.channels_last))
+                loss = F.cross_entropy(logits.float(), target.to(device), label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

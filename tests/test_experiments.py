@@ -24,3 +24,20 @@ def test_table_command_writes_table_and_manifest_then_reuses_cache(tmp_path, cap
     assert runs["cached"].all()
     again = pd.read_csv(tmp_path / "table-defenses-smoke.csv", index_col=0)
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_grid_labels_per_attack_victim_settings_and_adds_their_clean_reference():
+    from eclipse.experiments import accuracy_grid, clean_data, victim_run
+    from eclipse.profiles import SMOKE
+
+    profile = SMOKE.with_overrides(attack_victim={"urp": {"crop_padding": 0}},
+                                   victim={"epochs": 1, "width": 4})
+    grid = accuracy_grid(profile, ["clean", "urp"], ["none"], progress=False, log=None)
+    rows = list(zip(grid["attack"], grid["setting"], grid["method"]))
+    assert rows == [("clean", "", "none"), ("urp", "no crop", "none"), ("clean", "no crop", "none")]
+    assert grid["test_acc"].between(0, 100).all()
+    # the reference row is exactly the cached no-crop clean run
+    sets = clean_data(profile)
+    reference = victim_run(sets["train"], sets["eval"], profile, "none", progress=False, crop_padding=0)
+    assert reference["cached"] and reference["config"]["crop_padding"] == 0
+    assert reference["test_acc"] == grid.loc[2, "test_acc"]

@@ -34,6 +34,19 @@ def test_same_seed_same_result(small_sets):
     assert strip(a) != strip(c)
 
 
+def test_bf16_and_label_smoothing_are_deterministic_and_change_training(small_sets):
+    train, evaluation = small_sets
+    config = training.TrainConfig(**{**CONFIG.__dict__, "precision": "bf16", "label_smoothing": 0.2, "epochs": 1})
+    a = training.train_victim(train, evaluation, config, seed=3, progress=False)
+    b = training.train_victim(train, evaluation, config, seed=3, progress=False)
+    fp32 = training.train_victim(train, evaluation, training.TrainConfig(**{**CONFIG.__dict__, "epochs": 1}), seed=3,
+                                 progress=False)
+    assert a["log"][0]["loss"] == b["log"][0]["loss"] and a["test_acc"] == b["test_acc"]
+    assert a["log"][0]["loss"] != fp32["log"][0]["loss"]
+    with pytest.raises(ValueError, match="precision"):
+        training.train_victim(train, evaluation, training.TrainConfig(precision="fp16"), progress=False)
+
+
 def test_interrupted_training_resumes(small_sets, tmp_path, monkeypatch):
     train, evaluation = small_sets
     config = training.TrainConfig(**{**CONFIG.__dict__, "epochs": 3})
