@@ -191,19 +191,20 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
 def cmd_defend(args: argparse.Namespace) -> int:
     from .data import load_images
-    from .experiments import clean_data, eclipse_run, poisoned_set
+    from .experiments import attack_victim, clean_data, eclipse_run, poisoned_set
 
     profile = _profile(args)
     sets = clean_data(profile, args.data)
+    victim = attack_victim(profile, args.attack) if not args.dataset else {}
     if args.dataset:
         dataset = load_images(args.dataset)
     elif args.attack == "clean":
         dataset = sets["train"]
     else:
         dataset = poisoned_set(sets["train"], args.attack, profile.seed)
-    result = eclipse_run(dataset, sets["eval"], profile, args.modules, pool=sets["pool"])
-    print(json.dumps({k: result[k] for k in ("modules", "defense", "n_train", "test_acc", "wall_time_s", "cached")},
-                     indent=2))
+    result = eclipse_run(dataset, sets["eval"], profile, args.modules, pool=sets["pool"], victim=victim)
+    summary = {k: result[k] for k in ("modules", "defense", "n_train", "test_acc", "wall_time_s", "cached")}
+    print(json.dumps({**summary, "victim_overrides": victim}, indent=2))
     return 0
 
 

@@ -180,10 +180,9 @@ def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str,
     return {**result, "modules": modules}
 
 
-def attack_setting(profile: Profile | str, attack: str) -> tuple[dict, dict]:
-    """The profile's attack keyword arguments and victim overrides for ``attack`` (both usually empty)."""
-    profile = get_profile(profile)
-    return dict(profile.attack_params.get(attack, {})), dict(profile.attack_victim.get(attack, {}))
+def attack_victim(profile: Profile | str, attack: str) -> dict:
+    """The profile's victim TrainConfig overrides for ``attack`` (usually empty)."""
+    return dict(get_profile(profile).attack_victim.get(attack, {}))
 
 
 def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
@@ -202,13 +201,12 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     rows, started = [], time.perf_counter()
     jobs = []
     for attack in attacks:
-        params, victim = attack_setting(profile, attack)
-        jobs += [(attack, params, {**victim, **victim_overrides}, method) for method in methods]
+        jobs += [(attack, {**attack_victim(profile, attack), **victim_overrides}, method) for method in methods]
     if "clean" in attacks:
-        settings = {setting_label(v): v for a in attacks if a != "clean" for v in [attack_setting(profile, a)[1]] if v}
-        jobs += [("clean", {}, {**v, **victim_overrides}, "none") for v in settings.values()]
-    for attack, params, victim, method in jobs:
-        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, **params)
+        settings = {setting_label(v): v for a in attacks if a != "clean" for v in [attack_victim(profile, a)] if v}
+        jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
+    for attack, victim, method in jobs:
+        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
         if method.startswith("eclipse"):
             modules = method.split(":", 1)[1] if ":" in method else "A+B+C"
             if MODULES[modules][0] and purifier is None:

@@ -29,9 +29,8 @@ class Profile:
     purify_batch_size: int = 256
     gray_p: float = 0.4
     sigma: float = 0.05
-    # Per-attack exceptions, each a clearly labelled part of the profile (empty for paper): attack keyword
-    # arguments (e.g. {"ar": {"max_norm": 150.0}}) and victim TrainConfig overrides (e.g. {"urp": {"crop_padding": 0}}).
-    attack_params: dict = field(default_factory=dict)
+    # Per-attack victim TrainConfig overrides, a clearly labelled part of the profile (empty for paper),
+    # e.g. {"urp": {"crop_padding": 0}}: tables show the setting next to the attack.
     attack_victim: dict = field(default_factory=dict)
 
     def with_overrides(self, **changes) -> "Profile":

@@ -149,6 +149,21 @@ def test_ar_noise_is_annihilated_by_its_own_filter():
     assert float(own.max()) < 1e-2 * float(response.max())
 
 
+def test_ar_search_meets_the_authors_separability_criterion():
+    coefficients = find_ar_coefficients(4, seed=0)
+    assert torch.equal(coefficients, find_ar_coefficients(4, seed=0))  # seeded
+    # fresh samples: each process's own filter annihilates them, the others respond strongly, so the
+    # matched-filter rule (lowest response) recovers the class of every sample
+    samples, _ = generate_ar_noise(coefficients.repeat_interleave(25, dim=0), make_generator(9))
+    response = ar_response(samples, ar_filters(coefficients))
+    labels = torch.arange(4).repeat_interleave(25)
+    assert torch.equal(response.argmin(dim=1), labels)
+    others = response[torch.nn.functional.one_hot(labels, 4) == 0]
+    assert float(others.median()) >= 10.0  # the authors' CIFAR-10 threshold, typical sample
+    with pytest.raises(RuntimeError, match="found only"):
+        find_ar_coefficients(4, seed=0, min_response=1e6, max_candidates=256)
+
+
 def test_ar_processes_stable_for_many_classes():
     coefficients = find_ar_coefficients(40, seed=3)
     assert coefficients.shape == (40, 3, 3, 3) and torch.isfinite(coefficients).all()
