@@ -108,7 +108,6 @@ def cmd_table(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
     long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress)
-    long["row"] = long["attack"].where(long["setting"] == "", long["attack"] + " (" + long["setting"] + ")")
     table = long.pivot(index="row", columns="method", values="test_acc").reindex(columns=defenses)
     table = table.loc[list(dict.fromkeys(long["row"]))]  # rows in the order they ran
     table.index.name = "attack"

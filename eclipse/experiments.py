@@ -192,7 +192,8 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     run is cached, so notebooks that share cells share the work.
 
     Where the profile trains an attack's victim differently (``profile.attack_victim``, e.g. URP without
-    random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column, and, if
+    random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
+    display label ``row``, e.g. ``urp (no crop)``), and, if
     ``clean`` is in ``attacks``, a ``clean`` row with the same setting (method ``none``) is added as its
     reference."""
     profile = get_profile(profile)
@@ -216,7 +217,8 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
         else:
             result = victim_run(train, sets["eval"], profile, method, progress=progress, **victim)
         setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
-        rows.append({"attack": attack, "setting": setting, "method": method, "test_acc": result["test_acc"],
+        rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
+                     "method": method, "test_acc": result["test_acc"],
                      "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
         if log:
             log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {method:<14} {result['test_acc']:6.2f}%  "

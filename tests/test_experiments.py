@@ -35,6 +35,7 @@ def test_grid_labels_per_attack_victim_settings_and_adds_their_clean_reference()
     grid = accuracy_grid(profile, ["clean", "urp"], ["none"], progress=False, log=None)
     rows = list(zip(grid["attack"], grid["setting"], grid["method"]))
     assert rows == [("clean", "", "none"), ("urp", "no crop", "none"), ("clean", "no crop", "none")]
+    assert list(grid["row"]) == ["clean", "urp (no crop)", "clean (no crop)"]
     assert grid["test_acc"].between(0, 100).all()
     # the reference row is exactly the cached no-crop clean run
     sets = clean_data(profile)
