@@ -24,6 +24,7 @@ def main(paths: list[str]) -> None:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
         for cell in nb.cells:
+            cell.metadata.pop("execution", None)  # timestamps only: keeps diffs to what changed
             if cell.cell_type == "code" and MARK not in cell.source:
                 cell.outputs = []
                 cell.execution_count = None  # nbval treats checked cells without a count as unrun
