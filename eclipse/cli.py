@@ -107,20 +107,27 @@ def cmd_table(args: argparse.Namespace) -> int:
     profile = _profile(args)
     started = time.perf_counter()
     defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
-    long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress)
+    long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
+                         reference_rows=not args.no_reference)
     table = long.pivot(index="row", columns="method", values="test_acc").reindex(columns=defenses)
     table = table.loc[list(dict.fromkeys(long["row"]))]  # rows in the order they ran
     table.index.name = "attack"
     sets = clean_data(profile, args.data)
     out = Path(args.out_dir)
-    stem = f"table-defenses-{profile.name}"
+    stem = f"{args.name}-{profile.name}"
     paths = save_table(table, stem, out)
     atomic_write_text(long.to_csv(index=False), out / f"{stem}-runs.csv")
     write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
                    attack_victim=profile.attack_victim,
-                   run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])))
+                   run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
+                   **({"eclipse": {"t_star": profile.t_star, "sampler": profile.sampler,
+                                   "sampler_steps": profile.sampler_steps, "sparse_size": profile.sparse_size,
+                                   "replicas": profile.replicas, "unet": profile.unet,
+                                   "diffusion_train": profile.diffusion_train, "gray_p": profile.gray_p,
+                                   "sigma": profile.sigma}}
+                      if any(d.startswith("eclipse") for d in defenses) else {}))
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
     return 0
@@ -236,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(p)
     p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"])
     p.add_argument("--defenses", nargs="+", default=["none", "iss-g", "iss-j", "compensation"],
-                   help="defense names, or 'all' (adds cutout, mixup, cutmix)")
+                   help="defense names, 'eclipse:<modules>' (e.g. eclipse:A+B+C, eclipse:B+C), or 'all' "
+                        "(none, compensation, iss-g, iss-j, cutout, mixup, cutmix)")
+    p.add_argument("--name", default="table-defenses", help="file stem in --out-dir: <name>-<profile>.{csv,md}")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")
     p.add_argument("--out-dir", default=str(REPO / "figures"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_table)

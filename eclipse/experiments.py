@@ -186,7 +186,7 @@ def attack_victim(profile: Profile | str, attack: str) -> dict:
 
 
 def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
-                  progress: bool = True, log=print, **victim_overrides) -> pd.DataFrame:
+                  progress: bool = True, log=print, reference_rows: bool = True, **victim_overrides) -> pd.DataFrame:
     """Long table of test accuracy for every (attack, method). ``attacks`` may include ``clean``; a
     method is a training-time defense name or ``eclipse:<modules>`` (e.g. ``eclipse:A+B+C``). Every
     run is cached, so notebooks that share cells share the work.
@@ -195,7 +195,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
     display label ``row``, e.g. ``urp (no crop)``), and, if
     ``clean`` is in ``attacks``, a ``clean`` row with the same setting (method ``none``) is added as its
-    reference."""
+    reference (``reference_rows=False`` leaves it out)."""
     profile = get_profile(profile)
     sets = clean_data(profile, data)
     purifier = None
@@ -203,7 +203,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     jobs = []
     for attack in attacks:
         jobs += [(attack, {**attack_victim(profile, attack), **victim_overrides}, method) for method in methods]
-    if "clean" in attacks:
+    if "clean" in attacks and reference_rows:
         settings = {setting_label(v): v for a in attacks if a != "clean" for v in [attack_victim(profile, a)] if v}
         jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
     for attack, victim, method in jobs:

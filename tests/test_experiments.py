@@ -42,3 +42,23 @@ def test_grid_labels_per_attack_victim_settings_and_adds_their_clean_reference()
     reference = victim_run(sets["train"], sets["eval"], profile, "none", progress=False, crop_padding=0)
     assert reference["cached"] and reference["config"]["crop_padding"] == 0
     assert reference["test_acc"] == grid.loc[2, "test_acc"]
+
+
+def test_grid_reference_rows_can_be_left_out():
+    from eclipse.experiments import accuracy_grid
+    from eclipse.profiles import SMOKE
+
+    profile = SMOKE.with_overrides(attack_victim={"urp": {"crop_padding": 0}}, victim={"epochs": 1, "width": 4})
+    grid = accuracy_grid(profile, ["clean", "urp"], ["none"], progress=False, log=None, reference_rows=False)
+    assert list(grid["row"]) == ["clean", "urp (no crop)"]
+
+
+def test_table_name_option_and_eclipse_manifest(tmp_path, capsys):
+    args = ["table", "--profile", "smoke", "--attacks", "clean", "--defenses", "eclipse:B+C",
+            "--name", "table-eclipse", "--out-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    assert not (tmp_path / "table-defenses-smoke.csv").exists()
+    table = pd.read_csv(tmp_path / "table-eclipse-smoke.csv", index_col=0)
+    assert list(table.columns) == ["eclipse:B+C"] and list(table.index) == ["clean"]
+    manifest = json.loads((tmp_path / "table-eclipse-smoke-manifest.json").read_text())
+    assert manifest["eclipse"]["t_star"] == 10 and manifest["eclipse"]["gray_p"] == 0.4
