@@ -146,6 +146,21 @@ def cmd_poison(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_parameters(pairs: list[list[str]] | None) -> dict:
+    """``-p NAME VALUE`` pairs -> notebook parameters, each VALUE read as YAML (``[lsp, ar]``, ``0.4``, ``null``)."""
+    import yaml
+
+    out = {}
+    for name, value in pairs or []:
+        if not name.isidentifier():
+            raise ValueError(f"notebook parameter name {name!r} is not a Python identifier")
+        try:
+            out[name] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"notebook parameter {name}: cannot read {value!r} ({err})") from None
+    return out
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         import papermill  # noqa: F401
@@ -155,8 +170,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     from .reproduce import reproduce
 
+    parameters = parse_parameters(args.parameter)
     summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
-                        seed=args.seed or 0, timeout_s=args.timeout)
+                        seed=args.seed or 0, timeout_s=args.timeout, parameters=parameters)
     print(summary[["notebook", "status", "seconds", "error"]].to_string(index=False))
     failed = summary[summary["status"] != "ok"]
     print(f"{len(summary) - len(failed)}/{len(summary)} notebooks ran; total {summary['seconds'].sum():.0f}s; "
@@ -294,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="where executed notebooks go (default runs/<time>-<profile>)")
     p.add_argument("--figures-dir", default=str(REPO / "figures"))
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="notebook parameter (papermill's -p; VALUE is read as YAML, e.g. -p attacks '[lsp, ar]')")
     p.set_defaults(fn=cmd_reproduce)
     return parser
 

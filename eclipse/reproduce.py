@@ -66,7 +66,7 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
         except Exception as err:  # noqa: BLE001 - a failed notebook is recorded, the rest still run
             status, error = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         rows.append({"notebook": path.stem, "status": status, "seconds": round(time.perf_counter() - tick, 1),
-                     "output": str(out), "error": error})
+                     "output": str(out), "error": error, "parameters": dict(parameters or {})})
     summary = pd.DataFrame(rows)
     manifest = {"profile": profile, "seed": seed, "commit": git_commit(), "machine": machine(),
                 "wall_time_s": round(float(summary["seconds"].sum()), 1), "run_dir": str(run_dir),

@@ -57,3 +57,14 @@ def test_inspect_reference_mismatch(random_set, tmp_path):
 def test_unknown_attack_is_a_clean_error():
     proc = run("poison", "--profile", "smoke", "--attack", "em-not-here", "--out", "/tmp/never.pkl")
     assert proc.returncode == 2 and "em-not-here" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reproduce_parameters_are_read_as_yaml():
+    from eclipse.cli import build_parser, parse_parameters
+
+    args = build_parser().parse_args(["reproduce", "--only", "05", "-p", "attacks", "[lsp, ar]", "-p", "gray_p", "0.4"])
+    assert parse_parameters(args.parameter) == {"attacks": ["lsp", "ar"], "gray_p": 0.4}
+    import pytest
+
+    with pytest.raises(ValueError, match="not a Python identifier"):
+        parse_parameters([["bad-name", "1"]])

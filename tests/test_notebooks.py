@@ -68,7 +68,8 @@ def test_reproduce_runs_keeps_going_and_reports(tmp_path):
     failing.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                         "language_info": {"name": "python"}}
     nbformat.write(failing, notebooks / "00-fails.ipynb")
-    summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks)
+    summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks,
+                        parameters={"rounds": 50})
     assert list(summary["notebook"]) == ["00-fails", "01-noise-assimilation"]
     assert list(summary["status"]) == ["failed", "ok"]  # the failure did not stop the next notebook
     assert "deliberate failure" in summary["error"].iloc[0]
@@ -79,3 +80,4 @@ def test_reproduce_runs_keeps_going_and_reports(tmp_path):
     manifest = json.loads((tmp_path / "figures" / "manifest-smoke.json").read_text())
     assert manifest["profile"] == "smoke" and {r["notebook"] for r in manifest["notebooks"]} == {"00-fails", "01-noise-assimilation"}
     assert manifest["commit"] and manifest["machine"]["cpu_count"]
+    assert all(r["parameters"] == {"rounds": 50} for r in manifest["notebooks"])
