@@ -59,9 +59,10 @@ QUICK = Profile(
     # URP's class-wise pattern does not survive random crops at CPU scale (crop: no effect, 65.3 vs 63.9% at
     # 10 epochs; no crop: 12.7%), so URP's victim trains without random crop, labelled in every table.
     attack_victim={"urp": {"crop_padding": 0}},
-    # Sampler chosen by benchmarks/sampler_accuracy.py (figures/quick-sampler-accuracy.csv, 2 cores, LSP, A+B+C):
-    # one_shot (the x0 prediction at t*, 1 network call) purifies the 10,000 images in ~2 min and gave 64.2%;
-    # respaced-8 took 15 min and gave 62.3%; the paper's 100 ancestral steps would take ~3 h here.
+    # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
+    # (figures/quick-sampler-accuracy.csv) one_shot (the x0 prediction at t*, 1 network call) purified the
+    # 10,000 images in 2.0 min and gave 71.0%, respaced-4 7.6 min and 70.2%; at t* = 100, p = 0.4
+    # (-t100-p04.csv) one_shot 64.2% vs respaced-8 62.3% (15 min); 100 ancestral steps would take ~3 h here.
     # Diffusion training: 1,200 iterations at batch 64 took 22 min (t <= 200 only, a documented deviation).
     # t* = 200 (the paper: 100), a CPU deviation: the small quick denoiser leaves more of the poison at t* = 100
     # (figures/table7-t-star-quick.csv: URP 56.4 / 60.4 / 61.4 and LSP 64.2 / 63.4 / 65.0 at t* = 100 / 150 / 200).
