@@ -65,7 +65,7 @@ QUICK = Profile(
     # (-t100-p04.csv) one_shot 64.2% vs respaced-8 62.3% (15 min); 100 ancestral steps would take ~3 h here.
     # Diffusion training: 1,200 iterations at batch 64 took 22 min (t <= 200 only, a documented deviation).
     # t* = 200 (the paper: 100), a CPU deviation: the small quick denoiser leaves more of the poison at t* = 100
-    # (figures/table7-t-star-quick.csv: URP 56.4 / 60.4 / 61.4 and LSP 64.2 / 63.4 / 65.0 at t* = 100 / 150 / 200).
+    # (at p = 0.4, notebook 06 before the p change: URP 56.4 / 60.4 / 61.4, LSP 64.2 / 63.4 / 65.0 at t* = 100 / 150 / 200).
     sparse_size=2000, replicas=4, t_star=200, sampler="one_shot", sampler_steps=None, diffusion_steps=4000,
     unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=4, dropout=0.0,
               channel_mult=(1, 2, 2)),
