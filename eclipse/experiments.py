@@ -118,20 +118,45 @@ def diffusion_model(profile: Profile | str, pool: ImageSet, *, sparse_size: int 
     sparse = sparse_set(pool, sparse_size or profile.sparse_size, profile.seed)
     cfg = diffusion_config(profile, **overrides)
     identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
-    key = config_key({"sparse": digest(sparse), "config": identity, "code": code_version("diffusion")})
+    key_inputs = {"sparse": digest(sparse), "config": identity, "code": code_version("diffusion")}
+    key = config_key(key_inputs)
     folder = cache_dir() / "diffusion" / key
     done = folder / "done.json"
     if done.exists():
         model, schedule = load_purifier(folder / "checkpoint.pt", device=default_device())
         return model, schedule, key
+    # The learning rate is constant, so a longer run of the same configuration continues exactly where the
+    # longest shorter cached run stopped (Fig. 5a's iteration sweep then costs one training of the largest I).
+    lineage = {**key_inputs, "config": {k: v for k, v in identity.items() if k != "iterations"}}
+    start = _longest_shorter_run(lineage, cfg.iterations)
+    if start is not None and not (folder / "checkpoint.pt").exists():
+        from .storage import atomic_write_bytes
+
+        atomic_write_bytes(folder / "checkpoint.pt", (start / "checkpoint.pt").read_bytes())
     tick = time.perf_counter()
     result = train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
     from .storage import atomic_write_json
 
-    atomic_write_json({"config": identity, "sparse_images": len(sparse), "steps": result.step,
+    atomic_write_json({"config": identity, "lineage": config_key(lineage), "sparse_images": len(sparse),
+                       "steps": result.step, "continued_from": start.name if start is not None else None,
                        "final_loss": float(sum(result.losses[-50:]) / max(1, len(result.losses[-50:]))),
                        "wall_time_s": time.perf_counter() - tick}, done)
     return result.ema, schedule_from_settings(cfg.diffusion), key
+
+
+def _longest_shorter_run(lineage: dict, iterations: int) -> Path | None:
+    """The finished cached diffusion run of the same lineage (everything but ``iterations``) with the most
+    iterations below ``iterations``, or None."""
+    wanted, best, best_steps = config_key(lineage), None, 0
+    for done in sorted((cache_dir() / "diffusion").glob("*/done.json")):
+        try:
+            info = json.loads(done.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged marker is never trusted
+        steps = int(info.get("config", {}).get("iterations", 0))
+        if info.get("lineage") == wanted and best_steps < steps < iterations and (done.parent / "checkpoint.pt").exists():
+            best, best_steps = done.parent, steps
+    return best
 
 
 def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, model_key: str, *,

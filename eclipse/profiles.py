@@ -32,6 +32,9 @@ class Profile:
     # Per-attack victim TrainConfig overrides, a clearly labelled part of the profile (empty for paper),
     # e.g. {"urp": {"crop_padding": 0}}: tables show the setting next to the attack.
     attack_victim: dict = field(default_factory=dict)
+    # Victim training images for the sweep notebooks (02: Fig. 3, Tables 5-6, Fig. 5a; 05: Table 4; 06: Fig. 5b-c,
+    # Table 7), which train many victims each; None: ``train_size``. See :func:`sweep_profile`.
+    sweep_train_size: int | None = None
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
@@ -74,6 +77,9 @@ QUICK = Profile(
     # gray_p = 0.8 (the paper: 0.4), a CPU deviation chosen by the quick Fig. 5b sweep at t* = 200: with the weak
     # quick denoiser the compensation carries more of the load (LSP 65.0 -> 71.0, URP 61.4 -> 62.1 from p 0.4 to 0.8).
     gray_p=0.8,
+    # The sweep notebooks (02, 05, 06: ~40 victims) train on 5,000 images (1.8 min a victim instead of 3.5): at 20
+    # epochs clean 61.0%, URP (no crop) 12.9%, LSP 25.4% (figures/quick-calibration-sweep.csv, size 5000).
+    sweep_train_size=5_000,
 )
 
 SMOKE = Profile(
@@ -94,6 +100,23 @@ def setting_label(overrides: dict) -> str:
     """A short human label for victim overrides (``{"crop_padding": 0}`` -> ``"no crop"``)."""
     parts = ["no crop" if key == "crop_padding" and value == 0 else f"{key}={value}" for key, value in sorted(overrides.items())]
     return ", ".join(parts)
+
+
+def sweep_profile(profile: "str | Profile") -> Profile:
+    """The profile the sweep notebooks train their victims under: ``train_size`` set to ``sweep_train_size``
+    (``quick``: 5,000 of the main tables' 10,000 images, so that the whole reproduction fits 3 hours on 2
+    CPU cores); every other setting, the diffusion model included, is the profile's own."""
+    profile = get_profile(profile)
+    if profile.sweep_train_size is None or profile.sweep_train_size == profile.train_size:
+        return profile
+    return profile.with_overrides(train_size=profile.sweep_train_size)
+
+
+def victim_label(profile: "str | Profile") -> str:
+    """A short description of the victim's scale for titles, e.g. ``"quick: ResNet18-w16, 20 epochs, 5,000 images"``."""
+    profile = get_profile(profile)
+    images = "50,000" if profile.train_size is None else f"{profile.train_size:,}"
+    return f"{profile.name}: {profile.victim.arch}-w{profile.victim.width}, {profile.victim.epochs} epochs, {images} images"
 
 
 def get_profile(name: str | Profile) -> Profile:

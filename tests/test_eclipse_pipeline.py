@@ -27,3 +27,26 @@ def test_smoke_defense_end_to_end_and_cache():
 def test_modules_table_matches_paper_rows():
     assert set(MODULES) == {"A+B+C", "A", "B", "C", "A+B", "A+C", "B+C"}
     assert MODULES["A"] == (True, "none") and MODULES["B+C"] == (False, "compensation")
+
+
+def test_longer_diffusion_run_continues_the_shorter_cached_one(tmp_path, monkeypatch):
+    """Fig. 5a's iteration sweep trains once: I = 20 continues the cached I = 10 run and ends bit-identical
+    to a straight 20-iteration run (constant learning rate, checkpointed generators)."""
+    import json
+
+    from eclipse.storage import cache_dir
+
+    sets = clean_data(SMOKE)
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path / "grown"))
+    short = diffusion_model(SMOKE, sets["pool"], progress=False, iterations=10)
+    longer = diffusion_model(SMOKE, sets["pool"], progress=False, iterations=20)
+    info = json.loads((cache_dir() / "diffusion" / longer[2] / "done.json").read_text())
+    assert info["continued_from"] == short[2] and info["steps"] == 20
+    other = diffusion_model(SMOKE, sets["pool"], progress=False, iterations=20, replicas=0)
+    assert json.loads((cache_dir() / "diffusion" / other[2] / "done.json").read_text())["continued_from"] is None
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path / "straight"))
+    straight = diffusion_model(SMOKE, sets["pool"], progress=False, iterations=20)
+    assert straight[2] == longer[2]
+    assert json.loads((cache_dir() / "diffusion" / straight[2] / "done.json").read_text())["continued_from"] is None
+    for a, b in zip(longer[0].state_dict().values(), straight[0].state_dict().values()):
+        assert torch.equal(a, b)
