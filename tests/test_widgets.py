@@ -3,6 +3,8 @@ control to another value in an extra cell, and check (through nbclient's output-
 browser would see it) that each panel re-rendered a figure without an error."""
 from __future__ import annotations
 
+import json
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -12,6 +14,7 @@ from papermill.parameterize import parameterize_notebook
 from eclipse.reproduce import NOTEBOOK_DIR
 
 POKE = """
+import json as _json
 import ipywidgets as _widgets
 _panels = [v.widget for v in list(globals().values())
            if callable(v) and isinstance(getattr(v, "widget", None), _widgets.interactive)]
@@ -25,7 +28,7 @@ for _panel in _panels:
         else:
             continue
         _moved.append((_control.description, _panel.kwargs[_control.description] == _control.value))
-print("panels", len(_panels), "moved", _moved)
+print("panels", len(_panels), "moved", _json.dumps(_moved))
 """
 
 # notebook -> papermill parameters (more than one attack, so the attack dropdown has somewhere to go)
@@ -46,7 +49,7 @@ def test_widgets_respond(stem, tmp_path, monkeypatch):
                    resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     assert "panels 1 " in printed, printed
-    moved = eval(printed.split("moved", 1)[1])  # noqa: S307 - our own printed list of tuples
+    moved = json.loads(printed.split("moved", 1)[1])  # [[description, panel saw the new value], ...]
     assert moved and all(ok for _, ok in moved), printed  # every control moved and the panel saw it
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     outputs = [o for m in state.values() if m["model_name"] == "OutputModel" for o in m["state"].get("outputs", [])]
