@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .manifest import git_commit, machine
-from .storage import atomic_write_json
+from .storage import atomic_write_json, cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -58,6 +58,7 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
         bar.set_postfix_str(path.stem)
         params = {"profile": profile, "seed": seed, "figures_dir": str(figures_dir), **(parameters or {})}
         out = run_dir / path.name
+        commit = git_commit()  # per notebook: the code it ran with, even if the tree changes during a long run
         tick = time.perf_counter()
         try:
             pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(notebook_dir),
@@ -66,9 +67,11 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
         except Exception as err:  # noqa: BLE001 - a failed notebook is recorded, the rest still run
             status, error = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         rows.append({"notebook": path.stem, "status": status, "seconds": round(time.perf_counter() - tick, 1),
-                     "output": str(out), "error": error, "parameters": dict(parameters or {})})
+                     "output": str(out), "error": error, "parameters": dict(parameters or {}), "commit": commit,
+                     "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "cache": str(cache_dir())})
     summary = pd.DataFrame(rows)
-    manifest = {"profile": profile, "seed": seed, "commit": git_commit(), "machine": machine(),
+    manifest = {"profile": profile, "seed": seed, "commit": rows[0]["commit"] if rows else git_commit(), "machine": machine(),
                 "wall_time_s": round(float(summary["seconds"].sum()), 1), "run_dir": str(run_dir),
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "notebooks": rows}
@@ -82,10 +85,9 @@ def _merge_manifest(path: Path, manifest: dict) -> None:
     import json
 
     previous = json.loads(path.read_text()) if path.exists() else {}
-    notebooks = {row["notebook"]: {**row, "commit": manifest["commit"], "finished": manifest["finished"]}
-                 for row in previous.get("notebooks", [])}
+    notebooks = {row["notebook"]: row for row in previous.get("notebooks", [])}  # each keeps its own commit and time
     for row in manifest["notebooks"]:
-        notebooks[row["notebook"]] = {**row, "commit": manifest["commit"], "finished": manifest["finished"]}
+        notebooks[row["notebook"]] = {"commit": manifest["commit"], "finished": manifest["finished"], **row}
     merged = {**manifest, "notebooks": [notebooks[k] for k in sorted(notebooks)],
               "wall_time_s": round(sum(r["seconds"] for r in notebooks.values()), 1)}
     atomic_write_json(merged, path)

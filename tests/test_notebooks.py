@@ -68,6 +68,9 @@ def test_reproduce_runs_keeps_going_and_reports(tmp_path):
     failing.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                         "language_info": {"name": "python"}}
     nbformat.write(failing, notebooks / "00-fails.ipynb")
+    (tmp_path / "figures").mkdir()
+    earlier = {"notebook": "99-earlier", "seconds": 1.0, "commit": "0123abc", "finished": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "figures" / "manifest-smoke.json").write_text(json.dumps({"notebooks": [earlier]}))
     summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks,
                         parameters={"rounds": 50})
     assert list(summary["notebook"]) == ["00-fails", "01-noise-assimilation"]
@@ -78,6 +81,10 @@ def test_reproduce_runs_keeps_going_and_reports(tmp_path):
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert (tmp_path / "figures" / "fig2a-noise-assimilation.png").exists()
     manifest = json.loads((tmp_path / "figures" / "manifest-smoke.json").read_text())
-    assert manifest["profile"] == "smoke" and {r["notebook"] for r in manifest["notebooks"]} == {"00-fails", "01-noise-assimilation"}
+    rows = {r["notebook"]: r for r in manifest["notebooks"]}
+    assert manifest["profile"] == "smoke" and set(rows) == {"00-fails", "01-noise-assimilation", "99-earlier"}
+    assert rows["99-earlier"] == earlier  # an earlier run's record keeps its own commit and time
+    assert all(rows[n]["commit"] and rows[n]["cache"] for n in ("00-fails", "01-noise-assimilation"))
+    manifest["notebooks"] = [r for r in manifest["notebooks"] if r["notebook"] != "99-earlier"]
     assert manifest["commit"] and manifest["machine"]["cpu_count"]
     assert all(r["parameters"] == {"rounds": 50} for r in manifest["notebooks"])
