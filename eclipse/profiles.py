@@ -77,7 +77,7 @@ QUICK = Profile(
     # gray_p = 0.8 (the paper: 0.4), a CPU deviation chosen by the quick Fig. 5b sweep at t* = 200: with the weak
     # quick denoiser the compensation carries more of the load (LSP 65.0 -> 71.0, URP 61.4 -> 62.1 from p 0.4 to 0.8).
     gray_p=0.8,
-    # The sweep notebooks (02, 05, 06: ~40 victims) train on 5,000 images (1.8 min a victim instead of 3.5): at 20
+    # The sweep notebooks (02, 05, 06: ~28 victims) train on 5,000 images (~2 min a victim instead of ~4): at 20
     # epochs clean 61.0%, URP (no crop) 12.9%, LSP 25.4% (figures/quick-calibration-sweep.csv, size 5000).
     sweep_train_size=5_000,
 )
