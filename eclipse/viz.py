@@ -31,8 +31,10 @@ def save_figure(fig: matplotlib.figure.Figure, name: str, figures_dir: str | Pat
 def save_table(table: pd.DataFrame, name: str, figures_dir: str | Path, floatfmt: str = ".2f") -> list[Path]:
     """Save ``table`` as ``<name>.csv`` and ``<name>.md`` in ``figures_dir``."""
     figures_dir = Path(figures_dir)
+    # per-column formats, index first: a swept value (sigma 0.025) keeps its digits, accuracies get floatfmt
+    formats = ["g" if pd.api.types.is_float_dtype(table.index) else floatfmt] + [floatfmt] * table.shape[1]
     return [atomic_write_text(table.to_csv(), figures_dir / f"{name}.csv"),
-            atomic_write_text(table.to_markdown(floatfmt=floatfmt) + "\n", figures_dir / f"{name}.md")]
+            atomic_write_text(table.to_markdown(floatfmt=formats) + "\n", figures_dir / f"{name}.md")]
 
 
 def to_display(images: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,16 @@ def test_notebook_shape(path):
     assert "widgets" not in nb.metadata
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_victims_on_attacks_get_the_profiles_attack_setting(path):
+    # The quick profile trains URP's victim without random crop (profile.attack_victim); a notebook that trains
+    # victims itself (eclipse_run / victim_run) rather than through accuracy_grid must pass that setting on, or its
+    # numbers are not comparable with the other notebooks' (02 once trained URP with crop).
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    if "eclipse_run(" in code or "victim_run(" in code:
+        assert "attack_victim(" in code, f"{path.name} trains victims without attack_victim(profile, attack)"
+
+
 def test_nbval_fails_on_a_broken_output(tmp_path):
     source = NOTEBOOK_DIR / "01-noise-assimilation.ipynb"
     broken = tmp_path / "01-broken.ipynb"
