@@ -50,6 +50,18 @@ def test_victims_on_attacks_get_the_profiles_attack_setting(path):
         assert "attack_victim(" in code, f"{path.name} trains victims without attack_victim(profile, attack)"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path):
+    # papermill's parser skips a line with two '=' (e.g. one in its comment) and warns "Unable to parse line"
+    import ast
+
+    import papermill
+
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assigned = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+
+
 def test_nbval_fails_on_a_broken_output(tmp_path):
     source = NOTEBOOK_DIR / "01-noise-assimilation.ipynb"
     broken = tmp_path / "01-broken.ipynb"
