@@ -53,8 +53,10 @@ def test_widgets_respond(stem, tmp_path, monkeypatch):
         NotebookClient(nb, timeout=300, kernel_name="eclipse", store_widget_state=True,
                        resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
     except TimeoutError:
-        # Seen on 2026-12-01: after the 03 and 05 cases the 07 case's kernel went idle while nbclient kept waiting
-        # (no CPU, no error). Under investigation; a hang is reported as xfail, any wrong output still fails.
+        # Seen once (2026-12-01, ipykernel 7.4): after the 03 and 05 cases the 07 case's kernel went idle while
+        # nbclient kept waiting (no CPU, no error), as in the upstream ipykernel-7 hang reports; ipykernel is now
+        # capped below 7 (pyproject.toml). A hang is still reported as xfail with the kernel's stacks; any wrong
+        # output fails.
         dumped = stacks.read_text()[-4000:] if stacks.exists() else "(no kernel stacks dumped)"
         pytest.xfail(f"{stem}: nbclient waited 300 s on an idle kernel (known hang); kernel stacks:\n{dumped}")
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
