@@ -28,19 +28,27 @@ def points(iterations: int) -> dict[str, dict]:
             "I/2": {"iterations": iterations // 2}, "I": {"iterations": iterations}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attack", default="urp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--points", nargs="+", default=None, help="labels of the points to run (default: all six)")
     parser.add_argument("--name", default="quick-victim-seed-spread")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the CSV and manifest (default figures/)")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     profile = sweep_profile(get_profile(args.profile))
     sets = clean_data(profile)
     poisoned = poisoned_set(sets["train"], args.attack, profile.seed)
     rows = []
-    for label, overrides in points(profile.diffusion_train["iterations"]).items():
+    grid = points(profile.diffusion_train["iterations"])
+    unknown = set(args.points or []) - set(grid)
+    if unknown:
+        parser.error(f"unknown points {sorted(unknown)}; choose from {list(grid)}")
+    for label, overrides in grid.items():
+        if args.points and label not in args.points:
+            continue
         overrides = dict(overrides)
         sparse_size = overrides.pop("sparse_size", None)
         purifier = diffusion_model(profile, sets["pool"], sparse_size=sparse_size, progress=False, **overrides)
@@ -54,13 +62,14 @@ def main() -> None:
     table = pd.DataFrame(rows)
     wide = table.pivot(index="point", columns="victim_seed", values="test_acc").loc[list(dict.fromkeys(table["point"]))]
     wide["spread"] = wide.max(axis=1) - wide.min(axis=1)
-    atomic_write_text(wide.to_csv(), OUT / f"{args.name}.csv")
-    write_manifest(OUT / f"{args.name}-manifest.json", profile=profile.name, seed=profile.seed,
+    atomic_write_text(wide.to_csv(), args.out / f"{args.name}.csv")
+    write_manifest(args.out / f"{args.name}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, attack=args.attack, victim_seeds=args.seeds,
                    victim=victim_label(profile), command="python scripts/victim_seed_spread.py " +
                    " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(map(str, v))}" for k, v in vars(args).items()))
     print(wide.round(2).to_string())
     print(f"victim-seed spread: mean {wide['spread'].mean():.2f}, max {wide['spread'].max():.2f} points")
+    return wide
 
 
 if __name__ == "__main__":
