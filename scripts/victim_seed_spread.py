@@ -7,6 +7,8 @@ spread. Writes figures/quick-victim-seed-spread.csv (+ manifest); every run is c
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attack", default="urp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--points", nargs="+", default=None, help="labels of the points to run (default: all six)")
+    parser.add_argument("--points", nargs="+", choices=list(points(0)), help="the points to run (default: all six)")
     parser.add_argument("--name", default="quick-victim-seed-spread")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the CSV and manifest (default figures/)")
     args = parser.parse_args(argv)
@@ -42,14 +44,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sets = clean_data(profile)
     poisoned = poisoned_set(sets["train"], args.attack, profile.seed)
     rows = []
-    grid = points(profile.diffusion_train["iterations"])
-    unknown = set(args.points or []) - set(grid)
-    if unknown:
-        parser.error(f"unknown points {sorted(unknown)}; choose from {list(grid)}")
-    for label, overrides in grid.items():
+    for label, overrides in points(profile.diffusion_train["iterations"]).items():
         if args.points and label not in args.points:
             continue
-        overrides = dict(overrides)
         sparse_size = overrides.pop("sparse_size", None)
         purifier = diffusion_model(profile, sets["pool"], sparse_size=sparse_size, progress=False, **overrides)
         for seed in args.seeds:
@@ -65,8 +62,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     atomic_write_text(wide.to_csv(), args.out / f"{args.name}.csv")
     write_manifest(args.out / f"{args.name}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, attack=args.attack, victim_seeds=args.seeds,
-                   victim=victim_label(profile), command="python scripts/victim_seed_spread.py " +
-                   " ".join(f"--{k} {v if not isinstance(v, list) else ' '.join(map(str, v))}" for k, v in vars(args).items()))
+                   victim=victim_label(profile),
+                   command=shlex.join(["python", "scripts/victim_seed_spread.py", *(sys.argv[1:] if argv is None else argv)]))
     print(wide.round(2).to_string())
     print(f"victim-seed spread: mean {wide['spread'].mean():.2f}, max {wide['spread'].max():.2f} points")
     return wide
