@@ -115,8 +115,11 @@ def torchvision_root() -> Path:
 
 
 def load_cifar10(split: str = "train", *, source: str | os.PathLike | None = None,
-                 download: bool = False) -> ImageSet:
-    """CIFAR-10 ``split`` ("train" or "test") from ``source``, the offline copy, or torchvision."""
+                 download: bool | None = None) -> ImageSet:
+    """CIFAR-10 ``split`` ("train" or "test") from ``source``, the offline copy, or torchvision's copy
+    (downloaded if ``download``; None: if the environment sets ``ECLIPSE_DOWNLOAD=1``, which reaches notebooks)."""
+    if download is None:
+        download = os.environ.get("ECLIPSE_DOWNLOAD", "") == "1"
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = Path(source).expanduser() if source is not None else find_offline_cifar10()
@@ -126,7 +129,7 @@ def load_cifar10(split: str = "train", *, source: str | os.PathLike | None = Non
             if not download:
                 raise DataError(
                     f"CIFAR-10 not found: set ECLIPSE_DATA (or --data) to the ImageFolder .tar.gz/folder, "
-                    f"or pass download=True (--download) to fetch it with torchvision into {torchvision_root()}")
+                    f"or set ECLIPSE_DOWNLOAD=1 (download=True) to fetch it with torchvision into {torchvision_root()}")
             import torchvision
 
             torchvision.datasets.CIFAR10(str(torchvision_root()), train=(split == "train"), download=True)

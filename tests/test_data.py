@@ -205,3 +205,26 @@ def test_folder_cache_sees_rewritten_files_and_missing_split(random_set, tmp_pat
     assert torch.equal(first.images[0], random_set.images[0]) and torch.equal(second.images[0], random_set.images[1])
     with pytest.raises(DataError, match="no 'test' folder"):
         data.load_images(root, split="test")
+
+
+def test_missing_cifar10_says_how_to_get_it_and_ECLIPSE_DOWNLOAD_asks_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    import eclipse.data as data
+
+    monkeypatch.setattr(data, "find_offline_cifar10", lambda: None)
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path))  # no torchvision copy there
+    monkeypatch.delenv("ECLIPSE_DOWNLOAD", raising=False)
+    with pytest.raises(DataError, match="ECLIPSE_DOWNLOAD=1"):
+        data.load_cifar10("test")
+    asked = []
+
+    def fake_cifar10(root, train, download):  # stands in for the network: record the request, fetch nothing
+        asked.append((root, train, download))
+        raise RuntimeError("no network in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    monkeypatch.setenv("ECLIPSE_DOWNLOAD", "1")  # how a notebook run (papermill) or the CLI asks for the download
+    with pytest.raises(RuntimeError, match="no network"):
+        data.load_cifar10("test")
+    assert asked == [(str(tmp_path / "torchvision"), False, True)]
