@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eclipse.diffusion import samplers as S  # noqa: E402
 from eclipse.diffusion.schedule import make_schedule  # noqa: E402
 from eclipse.diffusion.unet import UNetConfig, build_unet, count_parameters  # noqa: E402
-from eclipse.purify import load_purifier, purify_batch  # noqa: E402
+from eclipse.diffusion.checkpoints import load_model_and_schedule  # noqa: E402
+from eclipse.purify import purify_batch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        model, schedule = load_purifier(args.checkpoint, args.config, device=device)
+        model, schedule = load_model_and_schedule(args.checkpoint, args.config, device=device)
     else:
         cfg = UNetConfig() if args.paper else UNetConfig(
             num_channels=args.channels, num_res_blocks=args.res_blocks, attention_resolutions=args.attention,

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eclipse.diffusion.samplers import network_evaluations  # noqa: E402
-from eclipse.experiments import (attack_victim, clean_data, diffusion_model, eclipse_run,  # noqa: E402
-                                 poisoned_set)
+from eclipse.experiments import clean_data, diffusion_model, poisoned_set  # noqa: E402
+from eclipse.method import run as eclipse_run  # noqa: E402
 from eclipse.manifest import write_manifest  # noqa: E402
 from eclipse.profiles import get_profile  # noqa: E402
 from eclipse.purify import purify  # noqa: E402
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for attack in args.attacks:
             data = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
             result = eclipse_run(data, sets["eval"], profile, "A+B+C", purifier=(model, schedule, key),
-                                 victim=attack_victim(profile, attack), sampler=sampler, steps=steps)
+                                 victim=profile.victim_overrides(attack), sampler=sampler, steps=steps)
             rows.append({"sampler": text, "nfe_per_image": nfe, "img_per_s": round(img_s, 2),
                          "purify_train_set_min": round(len(data) / img_s / 60, 1), "attack": attack,
                          "eclipse_acc": result["test_acc"], "victim_s": round(result["wall_time_s"], 1)})

@@ -1,22 +1,60 @@
-"""``eclipse`` command line: a thin argparse front end over the package's functions."""
+"""``eclipse`` command line: a thin argparse front end over the package's functions.
+
+Every choice (attacks, defenses, victims, samplers, ECLIPSE modules, profiles) and its help comes from
+the package's registries, and every ECLIPSE default from the profile (:func:`eclipse.method.settings`).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick") -> None:
-    parser.add_argument("--profile", default=default, choices=["smoke", "quick", "paper"],
-                        help=f"experiment scale (default: {default})")
-    parser.add_argument("--data", default=None, help="CIFAR-10 source (ImageFolder dir/.tar.gz or cifar-10-batches-py)")
-    parser.add_argument("--seed", type=int, default=None, help="override the profile's seed")
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless it is None/False or the text already says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or not action.option_strings \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _registries():
+    from .attacks import ATTACKS
+    from .defenses import DEFENSES
+    from .diffusion.samplers import SAMPLERS
+    from .method import MODULES
+    from .profiles import PROFILES
+    from .victims import VICTIMS
+
+    return dict(attacks=ATTACKS, defenses=DEFENSES, samplers=SAMPLERS, modules=MODULES, profiles=PROFILES,
+                victims=VICTIMS)
+
+
+def _choices(registry) -> str:
+    return "; ".join(registry.help(sep="\n").splitlines())
+
+
+def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick", seed: bool = True) -> None:
+    from .profiles import PROFILES
+
+    parser.add_argument("--profile", default=default, choices=PROFILES.names(), metavar="PROFILE",
+                        help=f"experiment scale: {_choices(PROFILES)}")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="CIFAR-10 source (ImageFolder dir/.tar.gz or cifar-10-batches-py); default: ECLIPSE_DATA, "
+                             "the offline copy beside the repository, or torchvision's (ECLIPSE_DOWNLOAD=1)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=None, help="override the profile's seed (default: the profile's, 0)")
 
 
 def _profile(args: argparse.Namespace):
@@ -27,7 +65,14 @@ def _profile(args: argparse.Namespace):
     return profile.with_overrides(seed=args.seed) if getattr(args, "seed", None) is not None else profile
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ commands
 def cmd_info(args: argparse.Namespace) -> int:
+    import importlib.util
+
     import torch
     import torchvision
 
@@ -38,12 +83,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     offline = find_offline_cifar10()
     tv = torchvision_root() / "cifar-10-batches-py"
-    print(f"eclipse      commit {git_commit()}")
+    missing = [m for m in ("papermill", "jupyterlab", "ipywidgets", "nbval") if importlib.util.find_spec(m) is None]
+    print(f"eclipse      {__version__}  commit {git_commit()}")
     print(f"torch        {torch.__version__}  torchvision {torchvision.__version__}  threads {torch.get_num_threads()}")
     print(f"device       {default_device()}" + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
     print(f"cache        {cache_dir()}")
     print(f"CIFAR-10     offline: {offline if offline and offline.exists() else 'not found'}; "
           f"torchvision: {tv if tv.exists() else 'not downloaded'}")
+    print("notebooks    " + ("extras installed" if not missing else
+                             f"missing {', '.join(missing)}: pip install -e '.[notebooks,test]' "
+                             "(needed by `eclipse reproduce`)"))
     return 0
 
 
@@ -51,7 +100,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .attacks.budgets import perturbation_norms
     from .data import load_images
 
-    dataset = load_images(args.path, split=args.split)
+    dataset = _load_dataset(args.path, args.split)
     counts = dataset.class_counts()
     report = {"path": str(args.path), "count": len(dataset), "shape": list(dataset.images.shape[1:]),
               "dtype": str(dataset.images.dtype), "value_range": [int(dataset.images.min()), int(dataset.images.max())],
@@ -67,7 +116,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "linf_max_255": round(float(norms["linf"].max()) * 255, 3),
             "linf_mean_255": round(float(norms["linf"].mean()) * 255, 3),
             "l2_max": round(float(norms["l2"].max()), 4), "l2_mean": round(float(norms["l2"].mean()), 4),
-            "l0_max": int(norms["l0"].max()), "l0_mean": round(float(norms["l0"].float().mean()), 2),
+            "l0_max_pixels": int(norms["l0"].max()), "l0_mean_pixels": round(float(norms["l0"].float().mean()), 2),
             "changed_images": int((norms["l0"] > 0).sum())}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -77,13 +126,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _load_dataset(path: str, split: str | None = None):
+    """``load_images`` with a hint when an archive holds split folders and none was named."""
     from .data import load_images
+
+    try:
+        return load_images(path, split=split)
+    except DataError as err:
+        if split is None and "no images" in str(err):
+            raise DataError(f"{err} (an archive or folder with train/ and test/ inside needs --split train or "
+                            "--split test)") from None
+        raise
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .data import save_images
+    from .experiments import clean_data
+
+    profile = _profile(args)
+    _say(f"reading CIFAR-10 and drawing the {profile.name} profile's sets ...")
+    dataset = clean_data(profile, args.data)[args.set]
+    path = save_images(dataset, args.out)
+    print(f"{args.set}: {len(dataset)} images of the {profile.name} profile -> {path} "
+          f"(use as `eclipse inspect POISONED --reference {path}`)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .experiments import clean_data, victim_run
 
     profile = _profile(args)
     sets = clean_data(profile, args.data)
-    train = load_images(args.dataset) if args.dataset else sets["train"]
+    train = _load_dataset(args.dataset) if args.dataset else sets["train"]
+    _check_same_classes(train, sets["eval"], args.dataset or "the training set")
     overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs)) if v is not None}
     result = victim_run(train, sets["eval"], profile, args.defense, **overrides)
     summary = {k: result[k] for k in ("defense", "seed", "n_train", "n_test", "test_acc", "wall_time_s", "cached")}
@@ -96,21 +171,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_same_classes(train, evaluation, where: str) -> None:
+    if tuple(train.classes) != tuple(evaluation.classes):
+        raise DataError(f"{where}: its classes {list(train.classes)} differ from the evaluation set's "
+                        f"{list(evaluation.classes)}; a victim trained on it cannot be scored there")
+
+
+def _method_list(text: str) -> str:
+    """argparse type of a ``table`` method: a registered defense or ``eclipse:<modules>``."""
+    from .defenses import DEFENSES
+    from .method import module_spec
+
+    if text == "all" or text in DEFENSES:
+        return text
+    if text.startswith("eclipse"):
+        module_spec(text.split(":", 1)[1] if ":" in text else "A+B+C")  # raises naming the choices
+        return text
+    raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose a defense ({', '.join(DEFENSES)}), "
+                                     "eclipse:<modules> or all")
+
+
 def cmd_table(args: argparse.Namespace) -> int:
-    """Attacks x defenses test-accuracy table for a profile, written to figures/ with a manifest."""
-    from .defenses import DEFENSE_NAMES
-    from .experiments import accuracy_grid, clean_data
+    """Attacks x defenses test-accuracy table for a profile, written to --out-dir with a manifest."""
+    from dataclasses import asdict
+
+    from .defenses import DEFENSES
+    from .experiments import clean_data
     from .manifest import write_manifest
+    from .method import settings
     from .storage import atomic_write_text
+    from .sweeps import accuracy_grid, wide
     from .viz import save_table
 
     profile = _profile(args)
     started = time.perf_counter()
-    defenses = [d for d in DEFENSE_NAMES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
+    defenses = [d for d in DEFENSES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
     long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
                          reference_rows=not args.no_reference)
-    table = long.pivot(index="row", columns="method", values="test_acc").reindex(columns=defenses)
-    table = table.loc[list(dict.fromkeys(long["row"]))]  # rows in the order they ran
+    table = wide(long)
     table.index.name = "attack"
     sets = clean_data(profile, args.data)
     out = Path(args.out_dir)
@@ -118,15 +216,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     paths = save_table(table, stem, out)
     atomic_write_text(long.to_csv(index=False), out / f"{stem}-runs.csv")
     write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
-                   wall_time_s=time.perf_counter() - started, victim=profile.victim.__dict__,
+                   wall_time_s=time.perf_counter() - started, victim=asdict(profile.victim),
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
                    attack_victim=profile.attack_victim,
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
-                   **({"eclipse": {"t_star": profile.t_star, "sampler": profile.sampler,
-                                   "sampler_steps": profile.sampler_steps, "sparse_size": profile.sparse_size,
-                                   "replicas": profile.replicas, "unet": profile.unet,
-                                   "diffusion_train": profile.diffusion_train, "gray_p": profile.gray_p,
-                                   "sigma": profile.sigma}}
+                   **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,
+                                   "diffusion_train": profile.diffusion_train}}
                       if any(d.startswith("eclipse") for d in defenses) else {}))
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
@@ -138,11 +233,14 @@ def cmd_poison(args: argparse.Namespace) -> int:
     from .experiments import clean_data, poisoned_set
 
     profile = _profile(args)
-    clean = clean_data(profile, args.data)["train"]
     started = time.perf_counter()
+    _say(f"reading CIFAR-10 and drawing the {profile.name} profile's training subset ...")
+    clean = clean_data(profile, args.data)["train"]
+    _say(f"poisoning {len(clean)} images with {args.attack} ({time.perf_counter() - started:.0f}s so far) ...")
     poisoned = poisoned_set(clean, args.attack, profile.seed)
-    save_images(poisoned, args.out)
-    print(f"{args.attack}: {len(poisoned)} images -> {args.out} ({time.perf_counter() - started:.1f}s)")
+    path = save_images(poisoned, args.out)
+    print(f"{args.attack}: {len(poisoned)} images -> {path} ({time.perf_counter() - started:.1f}s in all, "
+          "data loading included)")
     return 0
 
 
@@ -186,137 +284,326 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     profile = _profile(args)
     overrides = {k: v for k, v in (("replicas", args.replicas), ("enlargement", args.enlargement),
                                    ("iterations", args.iterations)) if v is not None}
-    pool = clean_data(profile, args.data)["pool"]
+    sparse = _load_dataset(args.sparse_set) if args.sparse_set else None
+    pool = None if sparse is not None else clean_data(profile, args.data)["pool"]
     started = time.perf_counter()
-    _, _, key = diffusion_model(profile, pool, sparse_size=args.sparse_size, **overrides)
+    _, _, key = diffusion_model(profile, pool, sparse_size=args.sparse_size, sparse=sparse, **overrides)
     from .storage import cache_dir
 
-    print(f"diffusion model {key}: {cache_dir() / 'diffusion' / key / 'checkpoint.pt'} "
-          f"({time.perf_counter() - started:.0f}s)")
+    folder = cache_dir() / "diffusion" / key
+    info = json.loads((folder / "done.json").read_text())
+    reused = time.perf_counter() - started < 0.5 * info.get("wall_time_s", 0)
+    print(f"diffusion model {key}: {folder / 'checkpoint.pt'} ("
+          + (f"reused from the cache; trained in {info['wall_time_s']:.0f}s earlier)" if reused
+             else f"trained {info['steps']} iterations in {time.perf_counter() - started:.0f}s)"))
     return 0
 
 
-def cmd_purify(args: argparse.Namespace) -> int:
-    from .data import load_images, save_images
-    from .purify import load_purifier, purify
+def _eclipse_profile(args: argparse.Namespace):
+    """The profile with the command's ECLIPSE overrides (--t-star, --sampler, --steps, --gray-p, --sigma)."""
+    profile = _profile(args)
+    changes = {k: v for k, v in (("t_star", args.t_star), ("sampler", args.sampler), ("sampler_steps", args.steps),
+                                 ("gray_p", getattr(args, "gray_p", None)), ("sigma", getattr(args, "sigma", None)))
+               if v is not None}
+    if "sampler" in changes and "sampler_steps" not in changes:
+        changes["sampler_steps"] = None  # the profile's step count belongs to the profile's sampler
+    if getattr(args, "batch_size", None):
+        changes["purify_batch_size"] = args.batch_size
+    profile = profile.with_overrides(**changes) if changes else profile
+    if profile.t_star < 1:
+        raise ValueError(f"--t-star must be >= 1, got {profile.t_star}")
+    if profile.sampler_steps is not None and not 1 <= profile.sampler_steps <= profile.t_star:
+        raise ValueError(f"--steps must lie in 1..t* = {profile.t_star}, got {profile.sampler_steps}")
+    for name, value in (("gray-p", profile.gray_p), ("sigma", profile.sigma)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"--{name} must lie in [0, 1], got {value}")
+    return profile
 
-    dataset = load_images(args.input)
-    model, schedule = load_purifier(args.checkpoint, args.config)
+
+def _purifier(args: argparse.Namespace, profile, device):
+    """(model, schedule, key): the user's checkpoint, a model trained on --sparse-set, or the profile's."""
+    from .diffusion.checkpoints import load_model_and_schedule
+    from .experiments import clean_data, diffusion_model
+    from .storage import config_key
+
+    if args.checkpoint:
+        if args.sparse_set:
+            raise ValueError("give either --checkpoint (a trained model) or --sparse-set (train one), not both")
+        _say(f"loading {args.checkpoint} on {device} ...")
+        model, schedule = load_model_and_schedule(args.checkpoint, args.config, device=device)
+        return model, schedule, "checkpoint-" + config_key({"checkpoint": Path(args.checkpoint),
+                                                            "config": Path(args.config) if args.config else None})
+    if args.config:
+        raise ValueError("--config describes a --checkpoint; give the checkpoint too")
+    if args.sparse_set:
+        sparse = _load_dataset(args.sparse_set)
+        _say(f"training the diffusion model on {len(sparse)} images of {args.sparse_set} (cached, resumable) ...")
+        return diffusion_model(profile, None, sparse=sparse)
+    _say(f"training (or reusing) the {profile.name} profile's diffusion model on its {profile.sparse_size}-image "
+         "sparse set ...")
+    return diffusion_model(profile, clean_data(profile, args.data)["pool"])
+
+
+def _check_fits(dataset, model, where: str) -> None:
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if size is not None and tuple(dataset.images.shape[-2:]) != (size, size):
+        raise DataError(f"{where}: images are {tuple(dataset.images.shape[-2:])}, but the diffusion model takes "
+                        f"{size}x{size}; use a checkpoint trained at that size")
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    from .data import save_images
+    from .purify import purify
+    from .seeding import resolve_device, set_default_device
+
     started = time.perf_counter()
-    images = purify(dataset.images, model, schedule, t_star=args.t_star, sampler=args.sampler, steps=args.steps,
-                    eta=args.eta, seed=args.seed, batch_size=args.batch_size, resume_dir=args.resume_dir)
-    save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
-    print(f"purified {len(dataset)} images (t*={args.t_star}, {args.sampler}) -> {args.out} "
-          f"({time.perf_counter() - started:.0f}s)")
+    profile = _eclipse_profile(args)
+    device = set_default_device(resolve_device(args.device))
+    dataset = _load_dataset(args.input)
+    model, schedule, _ = _purifier(args, profile, device)
+    _check_fits(dataset, model, args.input)
+    images = purify(dataset.images, model.to(device), schedule, t_star=profile.t_star, sampler=profile.sampler,
+                    steps=profile.sampler_steps, eta=args.eta, seed=args.seed, batch_size=profile.purify_batch_size,
+                    resume_dir=args.resume_dir, device=device)
+    path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
+    print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {device}) -> {path} "
+          f"({time.perf_counter() - started:.0f}s in all)")
     return 0
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
-    from .data import load_images
-    from .experiments import attack_victim, clean_data, eclipse_run, poisoned_set
+    """ECLIPSE end to end: purify a training set, then (with --train) train the victim with compensation."""
+    from .data import save_images
+    from .experiments import clean_data, poisoned_set, purified_set
+    from .method import module_spec, run
+    from .seeding import resolve_device, set_default_device
 
-    profile = _profile(args)
-    sets = clean_data(profile, args.data)
-    victim = attack_victim(profile, args.attack) if not args.dataset else {}
+    started = time.perf_counter()
+    if args.dataset and args.attack:
+        raise ValueError("give either --dataset (your training set) or --attack (poison the profile's subset), not both")
+    profile = _eclipse_profile(args)
+    device = set_default_device(resolve_device(args.device))  # purification and the victim run there
+    spec = module_spec(args.modules)
     if args.dataset:
-        dataset = load_images(args.dataset)
-    elif args.attack == "clean":
-        dataset = sets["train"]
+        dataset, where = _load_dataset(args.dataset), args.dataset
     else:
-        dataset = poisoned_set(sets["train"], args.attack, profile.seed)
-    result = eclipse_run(dataset, sets["eval"], profile, args.modules, pool=sets["pool"], victim=victim)
-    summary = {k: result[k] for k in ("modules", "defense", "n_train", "test_acc", "wall_time_s", "cached")}
-    print(json.dumps({**summary, "victim_overrides": victim}, indent=2))
+        attack = args.attack or "clean"
+        _say(f"reading CIFAR-10 for the {profile.name} profile's training subset ...")
+        train = clean_data(profile, args.data)["train"]
+        dataset = train if attack == "clean" else poisoned_set(train, attack, profile.seed)
+        where = f"{attack} on the {profile.name} subset"
+    summary: dict = {"input": where, "images": len(dataset), "modules": spec.name, "profile": profile.name,
+                     "device": str(device)}
+    purifier = None
+    if spec.purify:
+        purifier = _purifier(args, profile, device)
+        model, schedule, key = purifier
+        _check_fits(dataset, model, where)
+        purifier = (model.to(device), schedule, key)
+        summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps, diffusion_model=key)
+        _say(f"purifying {len(dataset)} images (t*={profile.t_star}, {profile.sampler}; cached and resumable) ...")
+        purified = purified_set(dataset, profile, *purifier)
+        if args.out:
+            summary["purified_set"] = str(save_images(purified, args.out))
+    elif args.out:
+        raise ValueError(f"--out writes the purified set, but modules {spec.name} do not purify (no A)")
+    if args.train:
+        if args.dataset:
+            _check_same_classes(dataset, clean_data(profile, args.data)["eval"], args.dataset)
+        _say(f"training the {profile.victim.arch} victim with {spec.defense} ...")
+        sets = clean_data(profile, args.data)
+        victim = {} if args.dataset else profile.victim_overrides(args.attack or "clean")
+        result = run(dataset, sets["eval"], profile, spec.name, purifier=purifier, victim=victim)
+        summary.update(defense=result["defense"], gray_p=profile.gray_p, sigma=profile.sigma, victim=profile.victim.arch,
+                       victim_overrides=victim, test_acc=result["test_acc"], victim_cached=result["cached"],
+                       eval_images=len(sets["eval"]))
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
+def _cache_kinds(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .storage import cache_dir
+
+    root = cache_dir()
+    kinds = [k for k in _cache_kinds(root) if not args.kind or k.name in args.kind]
+    if args.action == "du":
+        total = 0
+        for kind in kinds:
+            size = _size(kind)
+            total += size
+            print(f"{size / 2**20:10.1f} MiB  {kind.name}")
+        print(f"{total / 2**20:10.1f} MiB  total in {root}")
+    elif args.action == "ls":
+        print(f"cache {root}")
+        for kind in kinds:
+            index_path = kind / "index.json"
+            index = json.loads(index_path.read_text()) if index_path.exists() else {}
+            entries = [p for p in kind.iterdir() if p.name != "index.json" and not p.name.startswith(".")]
+            print(f"{kind.name}/ ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})")
+            for key, info in sorted(index.items(), key=lambda kv: kv[1].get("created", "")):
+                print(f"  {info.get('created', '?'):19}  {info.get('path', key):44}  {info.get('label', '')}"
+                      f"  ({info.get('seconds', '?')} s to make)")
+    else:  # clean
+        if not kinds:
+            print(f"nothing to remove in {root}")
+            return 0
+        names = ", ".join(k.name for k in kinds)
+        if not args.yes:
+            print(f"would remove {names} from {root} ({sum(_size(k) for k in kinds) / 2**20:.1f} MiB); "
+                  "rerun with --yes to do it")
+            return 1
+        for kind in kinds:
+            shutil.rmtree(kind)
+        print(f"removed {names} from {root}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eclipse", description="ECLIPSE: sparse diffusion purification against "
-                                     "clean-label indiscriminate poisons")
-    sub = parser.add_subparsers(dest="command", required=True)
+    reg = _registries()
+    attacks_help = _choices(reg["attacks"])
+    parser = argparse.ArgumentParser(prog="eclipse", formatter_class=_Formatter,
+                                     description="ECLIPSE (ESORICS 2024): sparse diffusion purification against "
+                                                 "clean-label indiscriminate poisons")
+    parser.add_argument("--version", action="version", version=f"eclipse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="versions, device, data found")
-    p.set_defaults(fn=cmd_info)
+    def command(name: str, fn, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.set_defaults(fn=fn)
+        return p
 
-    p = sub.add_parser("inspect", help="what a dataset file holds (and its perturbation vs a reference)")
-    p.add_argument("path")
-    p.add_argument("--reference", help="the clean dataset the file was made from (same order)")
-    p.add_argument("--split", default=None, help="split folder inside an ImageFolder archive (train/test)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_inspect)
+    command("info", cmd_info, "versions, device, data found, notebook extras")
 
-    p = sub.add_parser("train", help="train a victim on a dataset file (or the clean set) and evaluate it")
+    p = command("inspect", cmd_inspect, "what a dataset file holds (and its perturbation vs a reference)")
+    p.add_argument("path", help="dataset: ECLIPSE .pkl, .npz, ImageFolder folder/.tar.gz or cifar-10-batches-py")
+    p.add_argument("--reference", help="the clean dataset the file was made from, same order "
+                                       "(e.g. from `eclipse export`)")
+    p.add_argument("--split", default=None, choices=["train", "test"],
+                   help="split folder inside an ImageFolder archive that holds train/ and test/")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command("export", cmd_export, "write one of a profile's clean sets (e.g. as `inspect --reference`)")
+    _profile_arg(p)
+    p.add_argument("--set", default="train", choices=["train", "eval", "pool"],
+                   help="train: the training subset attacks poison; eval: the scored test images; pool: the "
+                        "defender's clean pool")
+    p.add_argument("--out", required=True, help="output: .pkl (ECLIPSE format), .npz or a folder (PNG ImageFolder)")
+
+    p = command("train", cmd_train, "train a victim on a dataset file (or the clean subset) and evaluate it")
     _profile_arg(p)
     p.add_argument("--dataset", help="training set file (.pkl/.npz/folder); default: the profile's clean subset")
-    p.add_argument("--defense", default="none")
-    p.add_argument("--arch", default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--out", help="write the full result JSON here")
-    p.set_defaults(fn=cmd_train)
+    p.add_argument("--defense", default="none", choices=reg["defenses"].names(), metavar="DEFENSE",
+                   help=_choices(reg["defenses"]))
+    p.add_argument("--arch", default=None, choices=reg["victims"].names(), metavar="ARCH",
+                   help=f"victim network (default: the profile's): {_choices(reg['victims'])}")
+    p.add_argument("--width", type=int, default=None, help="victim base width (64 = standard; default: the profile's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the profile's)")
+    p.add_argument("--out", help="write the full result JSON (per-epoch log included) here")
 
-    p = sub.add_parser("table", help="attacks x defenses accuracy table -> figures/")
+    p = command("table", cmd_table, "attacks x defenses accuracy table, CSV/Markdown + manifest")
     _profile_arg(p)
-    p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"])
-    p.add_argument("--defenses", nargs="+", default=["none", "iss-g", "iss-j", "compensation"],
-                   help="defense names, 'eclipse:<modules>' (e.g. eclipse:A+B+C, eclipse:B+C), or 'all' "
-                        "(none, compensation, iss-g, iss-j, cutout, mixup, cutmix)")
+    p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"],
+                   choices=["clean", *reg["attacks"].names()], metavar="ATTACK", help=f"clean or: {attacks_help}")
+    p.add_argument("--defenses", nargs="+", type=_method_list, default=["none", "iss-g", "iss-j", "compensation"],
+                   metavar="METHOD", help="training-time defenses, eclipse:<modules> (e.g. eclipse:A+B+C, eclipse:B+C) "
+                                          f"or all. Defenses: {_choices(reg['defenses'])}")
     p.add_argument("--name", default="table-defenses", help="file stem in --out-dir: <name>-<profile>.{csv,md}")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")
-    p.add_argument("--out-dir", default=str(REPO / "figures"))
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(fn=cmd_table)
+    p.add_argument("--out-dir", default="eclipse-results",
+                   help="folder for the table and its manifest (the repository's figures/ only when named)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("poison", help="poison the profile's training subset and write it (.pkl or .npz)")
+    p = command("poison", cmd_poison, "poison the profile's training subset and write it")
     _profile_arg(p)
-    p.add_argument("--attack", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_poison)
+    p.add_argument("--attack", required=True, choices=reg["attacks"].names(), metavar="ATTACK", help=attacks_help)
+    p.add_argument("--out", required=True, help="output: .pkl (ECLIPSE format), .npz or a folder (PNG ImageFolder)")
 
-    p = sub.add_parser("train-diffusion", help="train the sparse-set diffusion model of a profile (cached, resumable)")
+    p = command("train-diffusion", cmd_train_diffusion, "train the sparse-set diffusion model (cached, resumable)")
     _profile_arg(p)
-    p.add_argument("--sparse-size", type=int, default=None, help="B, clean images from the defender pool")
-    p.add_argument("--replicas", type=int, default=None, help="M")
-    p.add_argument("--enlargement", default=None, choices=["replicate", "crop", "flip", "rotation", "mixup"])
-    p.add_argument("--iterations", type=int, default=None)
-    p.set_defaults(fn=cmd_train_diffusion)
+    p.add_argument("--sparse-set", default=None, metavar="FILE",
+                   help="train on your own clean images (default: a class-balanced draw from the defender pool)")
+    p.add_argument("--sparse-size", type=int, default=None, help="B, clean images drawn from the pool (default: the profile's)")
+    p.add_argument("--replicas", type=int, default=None, help="M, the sparse set is repeated M+1 times (default: the profile's)")
+    p.add_argument("--enlargement", default=None, choices=["replicate", "crop", "flip", "rotation", "mixup"],
+                   help="how the sparse set is enlarged (Fig. 3; default: replicate)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations I (default: the profile's)")
 
-    p = sub.add_parser("purify", help="purify a dataset file with a diffusion checkpoint (ours or official + YAML)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--config", default=None, help="official-style YAML (configs/cifar10.yml) for official checkpoints")
-    p.add_argument("--input", required=True)
-    p.add_argument("--out", required=True, help=".pkl (ECLIPSE format, input order kept) or .npz")
-    p.add_argument("--t-star", type=int, default=100)
-    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "respaced", "ddim", "one_shot"])
-    p.add_argument("--steps", type=int, default=None, help="reverse steps for respaced/ddim")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--batch-size", type=int, default=256)
+    def eclipse_args(p: argparse.ArgumentParser, compensation: bool) -> None:
+        model = p.add_argument_group("diffusion model (default: the profile's, trained on its sparse set)")
+        model.add_argument("--checkpoint", default=None, help="a diffusion checkpoint: ours, or an improved-diffusion/"
+                                                              "official ECLIPSE one (e.g. ema_0.9999_250000.pt) with --config")
+        model.add_argument("--config", default=None, help="official-style YAML for --checkpoint (configs/cifar10.yml)")
+        model.add_argument("--sparse-set", default=None, metavar="FILE",
+                           help="your own clean images: train the diffusion model on them (cached)")
+        knobs = p.add_argument_group("ECLIPSE settings (default: the profile's; see `eclipse.method.settings`)")
+        knobs.add_argument("--t-star", type=int, default=None, help="purification depth t* (paper: 100 of T=4000)")
+        knobs.add_argument("--sampler", default=None, choices=reg["samplers"].names(), metavar="SAMPLER",
+                           help=_choices(reg["samplers"]))
+        knobs.add_argument("--steps", type=int, default=None, help="reverse steps for respaced/ddim (1..t*)")
+        if compensation:
+            knobs.add_argument("--gray-p", type=float, default=None, help="module B: grayscale probability (paper 0.4)")
+            knobs.add_argument("--sigma", type=float, default=None, help="module C: Gaussian noise std (paper 0.05)")
+        knobs.add_argument("--batch-size", type=int, default=None, help="images purified at once (default: the profile's)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+
+    p = command("purify", cmd_purify, "purify a dataset file with a diffusion model (module A alone)")
+    _profile_arg(p, seed=False)
+    p.add_argument("--input", required=True, help="dataset to purify (.pkl/.npz/folder)")
+    p.add_argument("--out", required=True, help=".pkl (ECLIPSE format, input order kept), .npz or a folder (PNG)")
+    eclipse_args(p, compensation=False)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim sampler only)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the purification noise (the official code's)")
     p.add_argument("--resume-dir", default=None, help="folder for finished chunks (resume after interruption)")
-    p.set_defaults(fn=cmd_purify)
 
-    p = sub.add_parser("defend", help="ECLIPSE end to end: purify, then train with compensation")
+    p = command("defend", cmd_defend, "ECLIPSE end to end on your data: purify, then train with compensation")
     _profile_arg(p)
-    p.add_argument("--attack", default="clean", help="poison the profile's subset with this attack (or 'clean')")
-    p.add_argument("--dataset", default=None, help="or a training-set file")
-    p.add_argument("--modules", default="A+B+C", choices=["A+B+C", "A", "B", "C", "A+B", "A+C", "B+C"])
-    p.set_defaults(fn=cmd_defend)
+    source = p.add_argument_group("training set (one of)")
+    source.add_argument("--dataset", default=None, help="your (possibly poisoned) training set: any readable format")
+    source.add_argument("--attack", default=None, choices=["clean", *reg["attacks"].names()], metavar="ATTACK",
+                        help=f"or poison the profile's CIFAR-10 subset with: {attacks_help}")
+    p.add_argument("--modules", default="A+B+C", choices=reg["modules"].names(), metavar="MODULES",
+                   help=_choices(reg["modules"]))
+    eclipse_args(p, compensation=True)
+    p.add_argument("--out", default=None, help="write the purified set: .pkl (ECLIPSE format), .npz or a folder (PNG)")
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the profile's victim on the purified set with compensation and score it on the "
+                        "CIFAR-10 evaluation images (--no-train: purify only)")
 
-    p = sub.add_parser("reproduce", help="run the notebooks with papermill (every figure and table)")
-    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    p.add_argument("--only", nargs="+", default=None, help="notebooks whose name contains one of these")
-    p.add_argument("--seed", type=int, default=None)
+    p = command("reproduce", cmd_reproduce, "run the notebooks with papermill (every figure and table)")
+    p.add_argument("--profile", default="quick", choices=reg["profiles"].names(), metavar="PROFILE",
+                   help=_choices(reg["profiles"]))
+    p.add_argument("--only", nargs="+", default=None, help="notebooks whose name contains one of these (e.g. 04 05)")
+    p.add_argument("--seed", type=int, default=None, help="seed passed to every notebook (default 0)")
     p.add_argument("--run-dir", default=None, help="where executed notebooks go (default runs/<time>-<profile>)")
-    p.add_argument("--figures-dir", default=str(REPO / "figures"))
-    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.add_argument("--figures-dir", default=None,
+                   help="where figures and tables go (default: <run-dir>/figures; the repository's figures/ only "
+                        "when named, as scripts/reproduce.sh does)")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (papermill's -p; VALUE is read as YAML, e.g. -p attacks '[lsp, ar]')")
-    p.set_defaults(fn=cmd_reproduce)
+
+    p = command("cache", cmd_cache, "list, size or clean the artifact cache (ECLIPSE_CACHE)")
+    p.add_argument("action", choices=["ls", "du", "clean"], help="ls: entries with readable names; du: sizes; "
+                                                               "clean: remove (with --yes)")
+    p.add_argument("--kind", nargs="+", default=None, help="only these kinds (poisons, runs, diffusion, purified, decoded)")
+    p.add_argument("--yes", action="store_true", help="really remove (clean)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .seeding import set_default_device
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
@@ -325,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"eclipse: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        set_default_device(None)  # --device holds for one command (matters when main() is called in-process)
 
 
 if __name__ == "__main__":

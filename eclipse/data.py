@@ -9,7 +9,8 @@ Readable sources (:func:`load_images` picks by what the path is):
 - a ``cifar-10-batches-py`` folder (read with a restricted unpickler, never plain ``pickle.load``);
 - the ECLIPSE release pickle: a list of ``(3072 RGB bytes, label)`` tuples;
 - ``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets``;
-- a perturbation tensor (``.pt``/``.npy``, per-sample or per-class) via :func:`apply_perturbation`.
+- a perturbation tensor (``.pt``/``.npy``, per-sample or per-class) via
+  :func:`eclipse.perturbations.apply_perturbation`.
 
 Decoded image folders are cached as ``.pt`` files keyed by the source's size and modification time.
 """
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .storage import atomic_torch_save, atomic_write_bytes, cache_dir, config_key, safe_torch_load
+from .validation import check_images, check_labels
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -71,22 +73,13 @@ class ImageSet:
 
 
 def validate(images: torch.Tensor, labels: torch.Tensor, *, source: str, num_classes: int = 10) -> None:
-    """Raise :class:`DataError` naming ``source`` if images/labels are not a well-formed dataset."""
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise DataError(f"{source}: images and labels must be tensors")
-    if images.dtype != torch.uint8:
-        raise DataError(f"{source}: images must be uint8, got {images.dtype}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise DataError(f"{source}: images must have shape (N, 3, 32, 32), got {tuple(images.shape)}")
-    if labels.dtype != torch.int64 or labels.ndim != 1:
-        raise DataError(f"{source}: labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}")
-    if labels.shape[0] != images.shape[0]:
-        raise DataError(f"{source}: {images.shape[0]} images but {labels.shape[0]} labels")
-    if images.shape[0] == 0:
-        raise DataError(f"{source}: the dataset is empty")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise DataError(f"{source}: labels must lie in [0, {num_classes - 1}], found range [{lo}, {hi}]")
+    """Raise :class:`DataError` naming ``source`` if images/labels are not a well-formed dataset
+    (uint8 images ``(N, 3, 32, 32)``, N >= 1, int64 labels ``(N,)`` in ``0..num_classes-1``)."""
+    try:
+        check_images(images, size=IMAGE_SHAPE[1:])
+        check_labels(labels, images.shape[0], num_classes, require_int64=True)
+    except ValueError as err:
+        raise DataError(f"{source}: {err}") from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +152,7 @@ def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSe
     if name.endswith(".npz"):
         return read_npz(path)
     raise DataError(f"{path}: unknown dataset format (expected a folder, .tar.gz, .pkl or .npz; "
-                    f"perturbation .pt/.npy files go through apply_perturbation)")
+                    f"perturbation .pt/.npy files go through eclipse.perturbations.apply_perturbation)")
 
 
 def _source_stamp(path: Path) -> list:
@@ -348,61 +341,12 @@ def read_npz(path: str | os.PathLike) -> ImageSet:
     return ImageSet(images, torch.from_numpy(targets.astype(np.int64)), source=str(path), meta={"format": "npz"})
 
 
-def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
-    """A perturbation on the [0, 1] scale, ``(N, 3, 32, 32)`` or per-class ``(K, 3, 32, 32)``.
-
-    Accepts float tensors (values in [-1, 1]) and int8 tensors in pixel units (REM's format, divided by 255).
-    """
-    path = Path(path)
-    if path.suffix == ".npy":
-        try:
-            delta = torch.from_numpy(np.load(path, allow_pickle=False))
-        except Exception as err:  # noqa: BLE001
-            raise DataError(f"{path}: not a readable .npy ({type(err).__name__}: {err})") from err
-    elif path.suffix == ".pt":
-        try:
-            delta = safe_torch_load(path)
-        except ValueError as err:
-            raise DataError(str(err)) from err
-    else:
-        raise DataError(f"{path}: perturbations must be .pt or .npy files")
-    if not isinstance(delta, torch.Tensor):
-        raise DataError(f"{path}: expected a tensor, got {type(delta).__name__}")
-    if delta.dtype == torch.int8:
-        delta = delta.float() / 255.0
-    elif delta.is_floating_point():
-        delta = delta.float()
-    else:
-        raise DataError(f"{path}: perturbation must be float or int8, got {delta.dtype}")
-    if delta.ndim == 4 and delta.shape[-1] == 3 and delta.shape[1] != 3:
-        delta = delta.permute(0, 3, 1, 2)
-    if delta.ndim != 4 or tuple(delta.shape[1:]) != IMAGE_SHAPE:
-        raise DataError(f"{path}: perturbation must be (N, 3, 32, 32) or (K, 3, 32, 32), got {tuple(delta.shape)}")
-    if not torch.isfinite(delta).all():
-        raise DataError(f"{path}: perturbation holds NaN or infinite values")
-    if delta.abs().max() > 1:
-        raise DataError(f"{path}: perturbation values exceed 1 in magnitude (expected the [0, 1] image scale)")
-    return delta
-
-
-def apply_perturbation(base: ImageSet, delta: torch.Tensor, source: str = "<perturbation>") -> ImageSet:
-    """Add ``delta`` (per-sample, or per-class indexed by label) to ``base``, then clip and quantise."""
-    if delta.shape[0] == len(base):
-        per_image = delta
-    elif delta.shape[0] == len(base.classes):
-        per_image = delta[base.labels]
-    else:
-        raise DataError(f"{source}: {delta.shape[0]} perturbations fit neither the {len(base)} images "
-                        f"nor the {len(base.classes)} classes of {base.source}")
-    poisoned = (base.images.float() / 255 + per_image).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return base.with_images(poisoned, source)
-
-
 # --------------------------------------------------------------------------------------------
 # writers
 # --------------------------------------------------------------------------------------------
 def save_images(dataset: ImageSet, path: str | os.PathLike) -> Path:
-    """Write ``dataset`` atomically as the ECLIPSE pickle (``.pkl``) or ``.npz`` (NHWC ``data``)."""
+    """Write ``dataset`` atomically as the ECLIPSE pickle (``.pkl``), ``.npz`` (NHWC ``data``) or, for a
+    path without a suffix, a PNG ImageFolder (``<path>/<class>/<index>.png``, which must not exist yet)."""
     path = Path(path)
     hwc = dataset.images.permute(0, 2, 3, 1).contiguous().numpy()
     if path.suffix in (".pkl", ".pickle"):
@@ -412,7 +356,34 @@ def save_images(dataset: ImageSet, path: str | os.PathLike) -> Path:
         buffer = io.BytesIO()
         np.savez(buffer, data=hwc, targets=dataset.labels.numpy())
         return atomic_write_bytes(path, buffer.getvalue())
-    raise DataError(f"{path}: can only write .pkl (ECLIPSE format) or .npz")
+    if not path.suffix:
+        return _save_image_folder(dataset, path)
+    raise DataError(f"{path}: can only write .pkl (ECLIPSE format), .npz or a folder (a path without a suffix)")
+
+
+def _save_image_folder(dataset: ImageSet, path: Path) -> Path:
+    """PNG ImageFolder written into a temporary sibling folder, then renamed into place (never half-written,
+    never over an existing folder)."""
+    import shutil
+    import tempfile
+
+    from torchvision.io import encode_png
+
+    if path.exists():
+        raise DataError(f"{path}: already exists; ImageFolder output goes to a new folder (nothing was overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        width = len(str(len(dataset)))
+        for i, (image, label) in enumerate(zip(dataset.images, dataset.labels.tolist())):
+            folder = tmp / dataset.classes[label]
+            folder.mkdir(exist_ok=True)
+            (folder / f"{i:0{width}d}.png").write_bytes(encode_png(image).numpy().tobytes())
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .registry import Registry
+
 BatchFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -95,27 +97,69 @@ def _grayscale_all(images: torch.Tensor) -> torch.Tensor:
     return TF.rgb_to_grayscale(images, num_output_channels=3)
 
 
-DEFENSE_NAMES = ("none", "compensation", "grayscale", "noise", "iss-g", "iss-j", "cutout", "mixup", "cutmix")
+@dataclass(frozen=True)
+class DefenseParams:
+    """Every defense's settings in one place (a defense reads the fields it needs)."""
+
+    gray_p: float = 0.4
+    sigma: float = 0.05
+    jpeg_quality: int = 10
+    cutout_size: int = 16
+    mix_alpha: float = 1.0
+    num_classes: int = 10
 
 
-def make_defense(name: str, *, gray_p: float = 0.4, sigma: float = 0.05, jpeg_quality: int = 10,
-                 cutout_size: int = 16, mix_alpha: float = 1.0, num_classes: int = 10) -> Defense:
-    """A defense by name: ``none``, ``compensation`` (B+C), ``grayscale`` (B), ``noise`` (C), ``iss-g``,
-    ``iss-j``, ``cutout``, ``mixup``, ``cutmix``."""
-    if name == "none":
-        return Defense("none")
-    if name == "compensation":
-        return Defense(name, on_batch=compensation_batch(gray_p, sigma), params=(("gray_p", gray_p), ("sigma", sigma)))
-    if name == "grayscale":
-        return Defense(name, on_batch=compensation_batch(gray_p, 0.0), params=(("gray_p", gray_p),))
-    if name == "noise":
-        return Defense(name, on_batch=compensation_batch(0.0, sigma), params=(("sigma", sigma),))
-    if name == "iss-g":
-        return Defense(name, prepare=_grayscale_all)
-    if name == "iss-j":
-        return Defense(name, prepare=_jpeg(jpeg_quality), params=(("quality", jpeg_quality),))
-    if name == "cutout":
-        return Defense(name, on_batch=cutout_batch(cutout_size), params=(("size", cutout_size),))
-    if name in ("mixup", "cutmix"):
-        return Defense(name, on_batch=_label_mixing(name, mix_alpha, num_classes), params=(("alpha", mix_alpha),))
-    raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSE_NAMES)}")
+DefenseBuilder = Callable[[DefenseParams], Defense]
+DEFENSES: Registry[DefenseBuilder] = Registry("defense")
+"""Training-time defenses by name: ``DEFENSES[name](DefenseParams(...)) -> Defense``."""
+
+
+@DEFENSES.register("none", description="no defense: plain training (crop and flip only)")
+def _none(p: DefenseParams) -> Defense:
+    return Defense("none")
+
+
+@DEFENSES.register("compensation", description="ECLIPSE's corruption compensation B+C: random grayscale (gray_p), then Gaussian noise (sigma)")
+def _compensation(p: DefenseParams) -> Defense:
+    return Defense("compensation", on_batch=compensation_batch(p.gray_p, p.sigma),
+                   params=(("gray_p", p.gray_p), ("sigma", p.sigma)))
+
+
+@DEFENSES.register("grayscale", description="ECLIPSE module B alone: random grayscale with probability gray_p")
+def _grayscale(p: DefenseParams) -> Defense:
+    return Defense("grayscale", on_batch=compensation_batch(p.gray_p, 0.0), params=(("gray_p", p.gray_p),))
+
+
+@DEFENSES.register("noise", description="ECLIPSE module C alone: Gaussian noise sigma, re-quantised to 8 bits")
+def _noise(p: DefenseParams) -> Defense:
+    return Defense("noise", on_batch=compensation_batch(0.0, p.sigma), params=(("sigma", p.sigma),))
+
+
+@DEFENSES.register("iss-g", description="ISS-G (Liu et al. 2023): train on grayscale images")
+def _iss_g(p: DefenseParams) -> Defense:
+    return Defense("iss-g", prepare=_grayscale_all)
+
+
+@DEFENSES.register("iss-j", description="ISS-J (Liu et al. 2023): JPEG-compress every image (quality 10)")
+def _iss_j(p: DefenseParams) -> Defense:
+    return Defense("iss-j", prepare=_jpeg(p.jpeg_quality), params=(("quality", p.jpeg_quality),))
+
+
+@DEFENSES.register("cutout", description="Cutout (DeVries & Taylor 2017): one 16x16 square zeroed per image")
+def _cutout(p: DefenseParams) -> Defense:
+    return Defense("cutout", on_batch=cutout_batch(p.cutout_size), params=(("size", p.cutout_size),))
+
+
+@DEFENSES.register("mixup", description="MixUp (Zhang et al. 2018), alpha 1 (torchvision v2.MixUp)")
+def _mixup(p: DefenseParams) -> Defense:
+    return Defense("mixup", on_batch=_label_mixing("mixup", p.mix_alpha, p.num_classes), params=(("alpha", p.mix_alpha),))
+
+
+@DEFENSES.register("cutmix", description="CutMix (Yun et al. 2019), alpha 1 (torchvision v2.CutMix)")
+def _cutmix(p: DefenseParams) -> Defense:
+    return Defense("cutmix", on_batch=_label_mixing("cutmix", p.mix_alpha, p.num_classes), params=(("alpha", p.mix_alpha),))
+
+
+def make_defense(name: str, **params) -> Defense:
+    """A defense by name (see ``DEFENSES``) with :class:`DefenseParams` fields as keywords."""
+    return DEFENSES[name](DefenseParams(**params))

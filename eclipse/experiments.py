@@ -1,39 +1,27 @@
-"""Cached experiment artifacts: the datasets a profile uses, poisoned sets and victim runs.
+"""Cached experiment artifacts: the datasets a profile uses, poisoned sets, victim runs, the sparse
+diffusion model and purified sets.
 
-Every artifact is stored under ``cache_dir()`` keyed by a hash of everything that determines it
-(data content, configuration, seed), written atomically, and reused when asked for again. An
-interrupted victim run resumes from its last epoch checkpoint.
+Every artifact goes through :func:`eclipse.artifacts.cached`: keyed by everything that determines it
+(data content, configuration, seed, the code that computes it), written atomically, reused when asked for
+again; the long ones (victim runs, diffusion training, purification) resume after an interruption.
+ECLIPSE's own semantics (modules, pipeline) live in :mod:`eclipse.method`, grids in :mod:`eclipse.sweeps`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import torch
 
+from .artifacts import cached
 from .data import ImageSet, load_cifar10, split_test, train_subset
 from .defenses import make_defense
-from .profiles import Profile, get_profile, setting_label
+from .profiles import Profile, get_profile
 from .seeding import default_device
-from .storage import atomic_torch_save, cache_dir, config_key, safe_torch_load, tensor_hash
+from .storage import atomic_torch_save, atomic_write_json, cache_dir, config_key, safe_torch_load, tensor_hash
 from .training import train_victim
-
-
-def code_version(*modules: str) -> str:
-    """Hash of the source files that determine an artifact (e.g. ``"attacks"``, ``"training"``), so a
-    cached artifact is never reused after the code that made it changed."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in modules:
-        target = root / name
-        files = sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
-        for f in files:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def digest(dataset: ImageSet) -> str:
@@ -52,37 +40,37 @@ def clean_data(profile: Profile | str, data: str | None = None) -> dict[str, Ima
 
 
 def poisoned_set(clean: ImageSet, attack: str, seed: int, **params) -> ImageSet:
-    """``clean`` poisoned by ``attack`` (cached by content, attack, parameters and seed)."""
+    """``clean`` poisoned by ``attack`` (cached by content, attack, parameters, seed and code)."""
     from .attacks import poison
 
-    key = config_key({"data": digest(clean), "attack": attack, "seed": seed, "params": params,
-                      "code": code_version("attacks")})
-    path = cache_dir() / "poisons" / f"{attack}-{key}.pt"
-    if path.exists():
-        blob = safe_torch_load(path)
-        return clean.with_images(blob["images"], f"{attack}({clean.source})")
-    images = poison(attack, clean.images, clean.labels, seed=seed, num_classes=len(clean.classes), **params)
-    atomic_torch_save({"images": images, "attack": attack, "seed": seed}, path)
-    return clean.with_images(images, f"{attack}({clean.source})")
+    def compute(path: Path) -> dict:
+        images = poison(attack, clean.images, clean.labels, seed=seed, num_classes=len(clean.classes), **params)
+        return {"images": images, "attack": attack, "seed": seed}
+
+    blob, _, _ = cached("poisons", {"data": digest(clean), "attack": attack, "seed": seed, "params": params},
+                        compute, load=safe_torch_load, save=atomic_torch_save, label=attack, suffix=".pt")
+    return clean.with_images(blob["images"], f"{attack}({clean.source})")
 
 
 def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, defense: str = "none", *,
                seed: int | None = None, progress: bool = True, **victim_overrides) -> dict:
-    """Train (or fetch from the cache) the profile's victim on ``train`` with ``defense``."""
+    """Train (or fetch from the cache) the profile's victim on ``train`` with ``defense``; an interrupted
+    run resumes from its last epoch. ``victim_overrides``: TrainConfig fields (e.g. ``arch``, ``crop_padding``)."""
     profile = get_profile(profile)
     seed = profile.seed if seed is None else seed
     victim = profile.with_overrides(victim=victim_overrides).victim if victim_overrides else profile.victim
     defense_obj = make_defense(defense, gray_p=profile.gray_p, sigma=profile.sigma, num_classes=len(train.classes))
-    key = config_key({"train": digest(train), "eval": digest(evaluation), "victim": asdict(victim),
-                      "defense": defense, "params": dict(defense_obj.params), "seed": seed,
-                      "code": code_version("training", "victims", "defenses")})
-    out_dir = cache_dir() / "runs" / key
-    result_path = out_dir / "result.json"
-    if result_path.exists():
-        return {**json.loads(result_path.read_text()), "cached": True}
-    result = train_victim(train, evaluation, victim, defense=defense_obj, seed=seed, out_dir=out_dir,
-                          progress=progress)
-    return {**result, "cached": False}
+    inputs = {"train": digest(train), "eval": digest(evaluation), "victim": asdict(victim), "defense": defense,
+              "params": dict(defense_obj.params), "seed": seed}
+
+    def compute(folder: Path) -> dict:
+        return train_victim(train, evaluation, victim, defense=defense_obj, seed=seed, out_dir=folder,
+                            progress=progress)  # writes folder/result.json when finished
+
+    result, was_cached, _ = cached("runs", inputs, compute, load=lambda f: json.loads((f / "result.json").read_text()),
+                                   save=lambda value, folder: None, done=lambda f: (f / "result.json").exists(),
+                                   label=f"{victim.arch}-{defense}")
+    return {**result, "cached": was_cached}
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,52 +90,63 @@ def diffusion_config(profile: Profile | str, **overrides):
         checkpoint_every=max(1, train["iterations"] // 10), **{**train, **overrides})
 
 
-def diffusion_model(profile: Profile | str, pool: ImageSet, *, sparse_size: int | None = None,
-                    progress: bool = True, **overrides):
-    """Train (or fetch) the profile's diffusion model on a sparse set drawn from the defender ``pool``.
+def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_size: int | None = None,
+                    sparse: ImageSet | None = None, progress: bool = True, **overrides):
+    """Train (or fetch) the profile's diffusion model on a sparse set drawn from the defender ``pool``
+    (class-balanced, ``sparse_size`` images), or on ``sparse`` itself (the defender's own clean images).
 
     Returns ``(ema_model, schedule, key)``; ``key`` identifies the model in other cache keys. The
-    training folder is ``<cache>/diffusion/<key>``; an interrupted run resumes from its checkpoint.
+    training folder is ``<cache>/diffusion/<key>``; an interrupted run resumes from its checkpoint, and a
+    run asked for more iterations continues the longest shorter finished run of the same configuration.
     """
     from .data import sparse_set
-    from .diffusion.checkpoints import schedule_from_settings
+    from .diffusion.checkpoints import load_model_and_schedule, schedule_from_settings
     from .diffusion.train import train_diffusion
-    from .purify import load_purifier
 
     profile = get_profile(profile)
-    sparse = sparse_set(pool, sparse_size or profile.sparse_size, profile.seed)
+    if sparse is None:
+        if pool is None:
+            raise ValueError("diffusion_model needs the defender pool or a sparse set")
+        sparse = sparse_set(pool, sparse_size or profile.sparse_size, profile.seed)
     cfg = diffusion_config(profile, **overrides)
     identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
-    key_inputs = {"sparse": digest(sparse), "config": identity, "code": code_version("diffusion")}
-    key = config_key(key_inputs)
-    folder = cache_dir() / "diffusion" / key
-    done = folder / "done.json"
-    if done.exists():
-        model, schedule = load_purifier(folder / "checkpoint.pt", device=default_device())
-        return model, schedule, key
+    inputs = {"sparse": digest(sparse), "config": identity}
     # The learning rate is constant, so a longer run of the same configuration continues exactly where the
     # longest shorter cached run stopped (Fig. 5a's iteration sweep then costs one training of the largest I).
-    lineage = {**key_inputs, "config": {k: v for k, v in identity.items() if k != "iterations"}}
-    start = _longest_shorter_run(lineage, cfg.iterations)
-    if start is not None and not (folder / "checkpoint.pt").exists():
-        from .storage import atomic_write_bytes
+    lineage = config_key({**inputs, "config": {k: v for k, v in identity.items() if k != "iterations"}})
+    started: dict = {}
 
-        atomic_write_bytes(folder / "checkpoint.pt", (start / "checkpoint.pt").read_bytes())
-    tick = time.perf_counter()
-    result = train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
-    from .storage import atomic_write_json
+    def compute(folder: Path):
+        start = _longest_shorter_run(lineage, cfg.iterations)
+        if start is not None and not (folder / "checkpoint.pt").exists():
+            from .storage import atomic_write_bytes
 
-    atomic_write_json({"config": identity, "lineage": config_key(lineage), "sparse_images": len(sparse),
-                       "steps": result.step, "continued_from": start.name if start is not None else None,
-                       "final_loss": float(sum(result.losses[-50:]) / max(1, len(result.losses[-50:]))),
-                       "wall_time_s": time.perf_counter() - tick}, done)
-    return result.ema, schedule_from_settings(cfg.diffusion), key
+            atomic_write_bytes(folder / "checkpoint.pt", (start / "checkpoint.pt").read_bytes())
+        started.update(tick=time.perf_counter(), start=start)
+        return train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
+
+    def save(result, folder: Path) -> None:
+        losses = result.losses[-50:]
+        atomic_write_json({"config": identity, "lineage": lineage, "sparse_images": len(sparse), "steps": result.step,
+                           "continued_from": started["start"].name if started["start"] is not None else None,
+                           "final_loss": float(sum(losses) / max(1, len(losses))),
+                           "wall_time_s": time.perf_counter() - started["tick"]}, folder / "done.json")
+
+    def load(folder: Path):
+        return load_model_and_schedule(folder / "checkpoint.pt", device=default_device())
+
+    value, was_cached, folder = cached("diffusion", inputs, compute, load=load, save=save,
+                                       done=lambda f: (f / "done.json").exists())
+    model, schedule = value if was_cached else (value.ema, schedule_from_settings(cfg.diffusion))
+    if progress and was_cached:
+        print(f"diffusion model: reusing the cached {folder.name} ({cfg.iterations} iterations)")
+    return model, schedule, folder.name
 
 
-def _longest_shorter_run(lineage: dict, iterations: int) -> Path | None:
+def _longest_shorter_run(lineage: str, iterations: int) -> Path | None:
     """The finished cached diffusion run of the same lineage (everything but ``iterations``) with the most
     iterations below ``iterations``, or None."""
-    wanted, best, best_steps = config_key(lineage), None, 0
+    wanted, best, best_steps = lineage, None, 0
     for done in sorted((cache_dir() / "diffusion").glob("*/done.json")):
         try:
             info = json.loads(done.read_text())
@@ -169,84 +168,13 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     t_star = t_star or profile.t_star
     sampler = sampler or profile.sampler
     steps = steps if steps is not None else profile.sampler_steps
-    key = config_key({"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler,
-                      "steps": steps, "seed": profile.seed, "batch": profile.purify_batch_size,
-                      "code": code_version("purify", "diffusion")})
-    final = cache_dir() / "purified" / f"{key}.pt"
-    source = f"purified[t*={t_star},{sampler}]({dataset.source})"
-    if final.exists():
-        return dataset.with_images(safe_torch_load(final), source)
-    images = purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
-                    batch_size=profile.purify_batch_size, resume_dir=final.with_suffix(""), progress=progress)
-    atomic_torch_save(images, final)
-    return dataset.with_images(images, source)
+    inputs = {"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler, "steps": steps,
+              "seed": profile.seed, "batch": profile.purify_batch_size}
 
+    def compute(path: Path) -> torch.Tensor:
+        return purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
+                      batch_size=profile.purify_batch_size, resume_dir=path.with_suffix(""), progress=progress)
 
-MODULES = {"A+B+C": (True, "compensation"), "A": (True, "none"), "B": (False, "grayscale"),
-           "C": (False, "noise"), "A+B": (True, "grayscale"), "A+C": (True, "noise"), "B+C": (False, "compensation")}
-"""ECLIPSE's modules (Table 4): A = diffusion purification, B = random grayscale, C = Gaussian noise."""
-
-
-def eclipse_run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules: str = "A+B+C", *,
-                purifier: tuple | None = None, pool: ImageSet | None = None, progress: bool = True,
-                victim: dict | None = None, **purify_overrides) -> dict:
-    """ECLIPSE on ``dataset`` (a possibly poisoned training set): purify if module A is on, then train the
-    victim with the compensation modules that are on; returns the victim result."""
-    if modules not in MODULES:
-        raise ValueError(f"modules must be one of {list(MODULES)}, got {modules!r}")
-    use_diffusion, defense = MODULES[modules]
-    if use_diffusion:
-        if purifier is None:
-            if pool is None:
-                raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
-            purifier = diffusion_model(profile, pool, progress=progress)
-        dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
-    result = victim_run(dataset, evaluation, profile, defense, progress=progress, **(victim or {}))
-    return {**result, "modules": modules}
-
-
-def attack_victim(profile: Profile | str, attack: str) -> dict:
-    """The profile's victim TrainConfig overrides for ``attack`` (usually empty)."""
-    return dict(get_profile(profile).attack_victim.get(attack, {}))
-
-
-def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
-                  progress: bool = True, log=print, reference_rows: bool = True, **victim_overrides) -> pd.DataFrame:
-    """Long table of test accuracy for every (attack, method). ``attacks`` may include ``clean``; a
-    method is a training-time defense name or ``eclipse:<modules>`` (e.g. ``eclipse:A+B+C``). Every
-    run is cached, so notebooks that share cells share the work.
-
-    Where the profile trains an attack's victim differently (``profile.attack_victim``, e.g. URP without
-    random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
-    display label ``row``, e.g. ``urp (no crop)``), and, if
-    ``clean`` is in ``attacks``, a ``clean`` row with the same setting (method ``none``) is added as its
-    reference (``reference_rows=False`` leaves it out)."""
-    profile = get_profile(profile)
-    sets = clean_data(profile, data)
-    purifier = None
-    rows, started = [], time.perf_counter()
-    jobs = []
-    for attack in attacks:
-        jobs += [(attack, {**attack_victim(profile, attack), **victim_overrides}, method) for method in methods]
-    if "clean" in attacks and reference_rows:
-        settings = {setting_label(v): v for a in attacks if a != "clean" for v in [attack_victim(profile, a)] if v}
-        jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
-    for attack, victim, method in jobs:
-        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
-        if method.startswith("eclipse"):
-            modules = method.split(":", 1)[1] if ":" in method else "A+B+C"
-            if MODULES[modules][0] and purifier is None:
-                purifier = diffusion_model(profile, sets["pool"], progress=progress)
-            result = eclipse_run(train, sets["eval"], profile, modules, purifier=purifier, progress=progress,
-                                 victim=victim)
-        else:
-            result = victim_run(train, sets["eval"], profile, method, progress=progress, **victim)
-        setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
-        rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
-                     "method": method, "test_acc": result["test_acc"],
-                     "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
-        if log:
-            log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {method:<14} {result['test_acc']:6.2f}%  "
-                f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
-                f"{time.perf_counter() - started:.0f}s so far)")
-    return pd.DataFrame(rows)
+    images, _, _ = cached("purified", inputs, compute, load=safe_torch_load, save=atomic_torch_save,
+                          label=f"{sampler}-t{t_star}", suffix=".pt")
+    return dataset.with_images(images, f"purified[t*={t_star},{sampler}]({dataset.source})")

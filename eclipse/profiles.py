@@ -1,11 +1,18 @@
-"""Named experiment scales as plain data: ``smoke`` (tests, seconds), ``quick`` (2 CPU cores, minutes,
+"""Named experiment scales as plain data: ``smoke`` (tests, seconds), ``quick`` (2 CPU cores, hours,
 a subset with small models) and ``paper`` (the paper's settings, GPU). Every command takes a profile;
-the code path is the same for all three."""
+the code path is the same for all of them. A profile holds everything that changes between scales,
+the notebooks' grids included (``Profile.grids``, read with :meth:`Profile.grid`)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
+from .registry import Registry
 from .training import TrainConfig
+
+GRID_NAMES = ("noise_assimilation", "sparse_diffusion", "gallery", "main_results", "ablation", "hyperparameters",
+              "residuals")
+"""The notebooks' grids, one per notebook (01 ... 07), each a dict of notebook parameters."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,19 @@ class Profile:
     # Victim training images for the sweep notebooks (02: Fig. 3, Tables 5-6, Fig. 5a; 05: Table 4; 06: Fig. 5b-c,
     # Table 7), which train many victims each; None: ``train_size``. See :func:`sweep_profile`.
     sweep_train_size: int | None = None
+    # The notebooks' grids by GRID_NAMES entry: the values a notebook parameter left at None takes.
+    grids: dict = field(default_factory=dict)
+    description: str = ""
+
+    def grid(self, name: str) -> dict:
+        """A copy of the notebook grid ``name`` (see ``GRID_NAMES``)."""
+        if name not in GRID_NAMES:
+            raise ValueError(f"unknown grid {name!r}; choose from {', '.join(GRID_NAMES)}")
+        return copy.deepcopy(self.grids.get(name, {}))
+
+    def victim_overrides(self, attack: str) -> dict:
+        """The TrainConfig overrides this profile trains ``attack``'s victim with (usually none)."""
+        return dict(self.attack_victim.get(attack, {}))
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
@@ -50,6 +70,21 @@ PAPER = Profile(
     unet=dict(num_channels=128, num_res_blocks=3, attention_resolutions="16,8", num_heads=4, dropout=0.0),
     diffusion_train=dict(iterations=250_000, batch_size=128, lr=1e-4, ema_rate=0.9999, t_max=None),
     purify_batch_size=256,
+    grids=dict(
+        noise_assimilation=dict(n_images=5000),
+        sparse_diffusion=dict(attacks=["urp", "lsp", "ar"], enlargements=["replicate", "crop", "flip", "rotation", "mixup"],
+                              replicas=[0, 2, 4, 6], sparse_sizes=[500, 1000, 1500, 2000],
+                              iterations=[50_000, 100_000, 150_000, 200_000, 250_000], variant_iterations=250_000),
+        main_results=dict(attacks=["urp", "lsp", "ar", "ops"],
+                          methods=["none", "iss-g", "iss-j", "cutout", "mixup", "cutmix", "eclipse:A+B+C"],
+                          archs=["resnet18", "resnet50", "vgg16", "vgg19", "densenet121"]),
+        ablation=dict(attacks=["urp", "lsp", "ar", "ops"]),
+        hyperparameters=dict(attacks={"p": ["lsp", "ar", "urp"], "sigma": ["lsp", "ar", "urp"], "t*": ["lsp", "ar", "urp"]},
+                             gray_ps=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], sigmas=[0.025, 0.05, 0.075, 0.1],
+                             t_stars=[50, 100, 150]),
+        residuals=dict(n_images=1000),
+    ),
+    description="the paper's settings: 50,000 images, ResNet-18 80 epochs, 128-channel UNet 250k iterations (GPU)",
 )
 
 QUICK = Profile(
@@ -80,6 +115,20 @@ QUICK = Profile(
     # The sweep notebooks (02, 05, 06: ~28 victims) train on 5,000 images (~2 min a victim instead of ~4): at 20
     # epochs clean 61.0%, URP (no crop) 12.9%, LSP 25.4% (figures/quick-calibration-sweep.csv, size 5000).
     sweep_train_size=5_000,
+    grids=dict(
+        noise_assimilation=dict(n_images=1000),
+        # 02 on URP only, its variants at I/4 = 300 iterations (Fig. 5a: 300/600/1200 continue one training)
+        sparse_diffusion=dict(attacks=["urp"], enlargements=["replicate", "crop"], replicas=[0, 4],
+                              sparse_sizes=[1000, 2000], iterations=[300, 600, 1200], variant_iterations=300),
+        # the paper's Table 1 summary columns (AT aside); ISS-G, compensation, cutout, mixup and cutmix:
+        # `eclipse table` and the paper profile (3-hour budget)
+        main_results=dict(attacks=["urp", "lsp", "ar"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"]),
+        ablation=dict(attacks=["urp", "lsp"]),  # AR does not poison the 5,000-image sweep victim
+        hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
+                             sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
+        residuals=dict(n_images=200),
+    ),
+    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 3 h cold)",
 )
 
 SMOKE = Profile(
@@ -91,9 +140,22 @@ SMOKE = Profile(
               channel_mult=(1, 1)),
     diffusion_train=dict(iterations=10, batch_size=16, lr=1e-4, ema_rate=0.99, t_max=20),
     purify_batch_size=250,
+    grids=dict(
+        noise_assimilation=dict(n_images=64),
+        sparse_diffusion=dict(attacks=["lsp"], enlargements=["replicate", "crop"], replicas=[1], sparse_sizes=[50],
+                              iterations=[10], variant_iterations=10),
+        main_results=dict(attacks=["urp"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"]),
+        ablation=dict(attacks=["urp"]),
+        hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["lsp"]}, gray_ps=[0.2, 0.4],
+                             sigmas=[0.05], t_stars=[10]),
+        residuals=dict(n_images=20),
+    ),
+    description="tests: 500 images, 2 epochs, a 10-iteration diffusion model (seconds; accuracies near chance)",
 )
 
-PROFILES = {p.name: p for p in (SMOKE, QUICK, PAPER)}
+PROFILES: Registry[Profile] = Registry("profile")
+for _profile in (SMOKE, QUICK, PAPER):
+    PROFILES.register(_profile.name, _profile, description=_profile.description)
 
 
 def setting_label(overrides: dict) -> str:
@@ -120,9 +182,7 @@ def victim_label(profile: "str | Profile") -> str:
 
 
 def get_profile(name: str | Profile) -> Profile:
-    """A profile by name (``smoke``, ``quick``, ``paper``); a Profile passes through."""
+    """A profile by name (see ``PROFILES``); a Profile passes through."""
     if isinstance(name, Profile):
         return name
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
     return PROFILES[name]

@@ -12,28 +12,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .diffusion import samplers as S
-from .diffusion.checkpoints import load_model_and_schedule
+from .diffusion.gaussian import Model, forward_noise, to_model_range, to_uint8
 from .diffusion.schedule import NoiseSchedule
-from .diffusion.unet import UNetModel
 from .storage import atomic_torch_save, atomic_write_json, safe_torch_load, tensor_hash
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,3,H,W) -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] -> uint8 as round(clamp((x + 1) * 127.5, 0, 255))."""
-    return ((x.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -44,34 +30,24 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def forward_noise(schedule: NoiseSchedule, x0: torch.Tensor, t_star: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
-    """x = sqrt(abar[t*-1]) x0 + sqrt(1 - abar[t*-1]) e, with abar as the official code forms it
-    (float32 cumulative product of the float32 betas)."""
-    if not 1 <= t_star <= schedule.num_timesteps:
-        raise ValueError(f"t_star={t_star} outside [1, {schedule.num_timesteps}]")
-    noise = S.randn(x0, generator)
-    abar = torch.cumprod(1 - schedule.betas.float(), 0)[t_star - 1].to(x0.device)
-    return x0 * abar.sqrt() + noise * (1.0 - abar).sqrt()
-
-
 def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_star: int,
                  sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
-                 generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Purify one float batch in [-1, 1]; returns the float result (before quantisation)."""
+                 generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
+                 callback: S.Callback | None = None) -> torch.Tensor:
+    """Purify one float batch in [-1, 1]: noise to ``t_star`` (:func:`forward_noise`), then run the
+    registered ``sampler`` back to 0; returns the float result (before quantisation). ``callback`` sees
+    the noised batch first (``{"stage": "noised", "t": t_star - 1, "x": x_t}``), then every reverse step
+    (``stage`` ``"reverse"``, with ``i``, ``t``, ``x``, ``pred_xstart``)."""
+    spec = S.SAMPLERS[sampler]  # unknown names fail before any noise is drawn
     x_t = forward_noise(schedule, x0, t_star, generator)
-    kw = dict(autocast_dtype=autocast_dtype)
-    if sampler == "ancestral":
-        if steps not in (None, t_star):
-            raise ValueError("the ancestral sampler takes all t_star steps; use sampler='respaced' for fewer")
-        return S.ancestral(model, schedule, x_t, t_star - 1, generator, **kw)
-    if sampler == "respaced":
-        return S.respaced(model, schedule, x_t, t_star - 1, steps or t_star, generator, **kw)
-    if sampler == "ddim":
-        return S.ddim(model, schedule, x_t, t_star - 1, steps, eta, generator, **kw)
-    if sampler == "one_shot":
-        return S.one_shot(model, schedule, x_t, t_star - 1, generator, **kw)
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {S.SAMPLERS}")
+    reverse = None
+    if callback is not None:
+        callback({"stage": "noised", "i": t_star - 1, "t": t_star - 1, "x": x_t, "pred_xstart": None})
+
+        def reverse(state: dict) -> None:
+            callback({"stage": "reverse", **state})
+    options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse)
+    return spec.fn(model, schedule, x_t, t_star - 1, generator, options)
 
 
 def _model_fingerprint(model: Model) -> str:
@@ -139,9 +115,3 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
                              "use a fresh folder")
     else:
         atomic_write_json(manifest, path)
-
-
-def load_purifier(checkpoint: str | os.PathLike, config_yaml: str | os.PathLike | None = None, *,
-                  use_ema: bool = True, device: torch.device | str = "cpu") -> tuple[UNetModel, NoiseSchedule]:
-    """(model, schedule) from our checkpoint, or an official improved-diffusion/ECLIPSE one plus its YAML."""
-    return load_model_and_schedule(checkpoint, config_yaml, use_ema=use_ema, device=device)

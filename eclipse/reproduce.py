@@ -19,7 +19,6 @@ from .storage import atomic_write_json, cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
-FIGURES_DIR = REPO / "figures"
 
 
 def notebook_paths(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -41,15 +40,21 @@ def kernel_name() -> str:
 
 
 def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir: str | Path | None = None,
-              figures_dir: str | Path = FIGURES_DIR, seed: int = 0, timeout_s: int | None = None,
+              figures_dir: str | Path | None = None, seed: int = 0, timeout_s: int | None = None,
               parameters: dict | None = None, notebook_dir: str | Path = NOTEBOOK_DIR) -> pd.DataFrame:
-    """Execute the notebooks under ``profile``; return one row per notebook (status, seconds, output)."""
+    """Execute the notebooks under ``profile``; return one row per notebook (status, seconds, output).
+
+    Figures and tables go to ``figures_dir`` (default ``<run_dir>/figures``: the repository's committed
+    ``figures/`` only when asked for, as ``scripts/reproduce.sh`` does)."""
     import papermill as pm
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(run_dir) if run_dir else REPO / "runs" / f"{stamp}-{profile}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    figures_dir = Path(figures_dir)
+    run_dir = run_dir.resolve()
+    # absolute: the kernels run in the notebooks' folder
+    figures_dir = Path(figures_dir).resolve() if figures_dir is not None else run_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel_name()
     rows = []
     paths = notebook_paths(only, Path(notebook_dir))

@@ -21,9 +21,39 @@ def make_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+_DEVICE: torch.device | None = None
+
+
+def set_default_device(device: torch.device | str | None) -> torch.device:
+    """Make ``device`` what :func:`default_device` returns in this process (None: back to automatic)."""
+    global _DEVICE
+    _DEVICE = torch.device(device) if device is not None else None
+    return default_device()
+
+
 def default_device() -> torch.device:
-    """``ECLIPSE_DEVICE`` if set, else CUDA when available, else CPU."""
+    """The device set by :func:`set_default_device`, else ``ECLIPSE_DEVICE``, else CUDA when available, else CPU."""
+    if _DEVICE is not None:
+        return _DEVICE
     name = os.environ.get("ECLIPSE_DEVICE")
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto``/None: :func:`default_device`; otherwise the named device, checked to exist here."""
+    if name in (None, "", "auto"):
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N or mps)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here")
+    return device

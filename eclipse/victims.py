@@ -11,6 +11,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .registry import Registry
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -119,19 +121,17 @@ def densenet121(num_classes: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-VICTIMS: dict[str, Callable[[int, int], nn.Module]] = {
-    "resnet18": lambda k, w: ResNet(BasicBlock, [2, 2, 2, 2], k, w),
-    "resnet50": lambda k, w: ResNet(Bottleneck, [3, 4, 6, 3], k, w),
-    "vgg16": lambda k, w: vgg("vgg16", k, w),
-    "vgg19": lambda k, w: vgg("vgg19", k, w),
-    "densenet121": densenet121,
-}
+VICTIMS: Registry[Callable[[int, int], nn.Module]] = Registry("victim")
+"""Victim networks by name: ``VICTIMS[arch](num_classes, width) -> nn.Module`` (width 64 = the standard model)."""
+VICTIMS.register("resnet18", lambda k, w: ResNet(BasicBlock, [2, 2, 2, 2], k, w), description="ResNet-18 (CIFAR stem); the paper's main victim")
+VICTIMS.register("resnet50", lambda k, w: ResNet(Bottleneck, [3, 4, 6, 3], k, w), description="ResNet-50 (CIFAR stem)")
+VICTIMS.register("vgg16", lambda k, w: vgg("vgg16", k, w), description="VGG-16 with batch norm")
+VICTIMS.register("vgg19", lambda k, w: vgg("vgg19", k, w), description="VGG-19 with batch norm")
+VICTIMS.register("densenet121", densenet121, description="DenseNet-121 (CIFAR), growth 32 at width 64")
 
 
 def build_victim(arch: str, num_classes: int = 10, width: int = 64) -> nn.Module:
-    """A victim network by name (``resnet18``, ``resnet50``, ``vgg16``, ``vgg19``, ``densenet121``)."""
-    if arch not in VICTIMS:
-        raise ValueError(f"unknown victim {arch!r}; choose from {sorted(VICTIMS)}")
+    """A victim network by name (see ``VICTIMS``)."""
     if width < 4:
         raise ValueError(f"width must be at least 4, got {width}")
     return VICTIMS[arch](num_classes, width)

@@ -1,7 +1,9 @@
-"""Plotting helpers the notebooks call: image grids, accuracy tables with the paper's numbers beside
-ours, and one way to save a figure (PNG + PDF) and a table (CSV + Markdown) into ``figures/``."""
+"""Plotting helpers the notebooks call: image grids, perturbations made visible, accuracy tables with the
+paper's numbers beside ours, and one way to save a figure (PNG + PDF) and a table (CSV + Markdown) into
+``figures/``."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +14,41 @@ import pandas as pd
 import torch
 
 from .storage import atomic_write_text
+
+# One fixed colour per attack in every figure (matplotlib's tab10, then gold for ADP; clean is black).
+ATTACK_COLORS = {"urp": "#1f77b4", "lsp": "#ff7f0e", "ar": "#2ca02c", "ops": "#d62728", "em": "#9467bd",
+                 "tap": "#8c564b", "rem": "#e377c2", "sep": "#bcbd22", "efp": "#17becf", "adp": "#e6ab02",
+                 "clean": "#000000"}
+OTHER_COLOR = "#7f7f7f"  # anything that is not an attack (an average, say)
+
+DISPLAY_NAMES = {"none": "no defense", "iss-g": "ISS-G", "iss-j": "ISS-J", "cutout": "Cutout", "mixup": "Mixup",
+                 "cutmix": "CutMix", "compensation": "compensation (B+C)", "grayscale": "grayscale (B)",
+                 "noise": "noise (C)", "eclipse": "ECLIPSE", "resnet18": "ResNet-18", "resnet50": "ResNet-50",
+                 "vgg16": "VGG-16", "vgg19": "VGG-19", "densenet121": "DenseNet-121", "clean": "clean"}
+
+
+def display_name(name) -> str:
+    """A run id as a reader reads it: ``"urp"`` -> ``"URP"``, ``"iss-j"`` -> ``"ISS-J"``, ``"none"`` ->
+    ``"no defense"``, ``"eclipse:A+B+C"`` -> ``"ECLIPSE (A+B+C)"``, ``"urp (no crop)"`` -> ``"URP (no crop)"``;
+    anything else unchanged."""
+    text = str(name)
+    if ": " in text:  # "<label>: paper", a column beside ours
+        label, what = text.rsplit(": ", 1)
+        return f"{display_name(label)}: {what}"
+    if text.endswith(")") and " (" in text:  # a label with its setting: name the base, keep the setting
+        base, setting = text.split(" (", 1)
+        return f"{display_name(base)} ({setting}"
+    key = text.strip().lower()
+    if key.startswith("eclipse:"):
+        return f"ECLIPSE ({text.split(':', 1)[1]})"
+    if key in DISPLAY_NAMES:
+        return DISPLAY_NAMES[key]
+    return text.upper() if key in ATTACK_COLORS else text
+
+
+def attack_color(name) -> str:
+    """The fixed colour of an attack (or of a label such as ``"urp (no crop)"``); grey for anything else."""
+    return ATTACK_COLORS.get(str(name).split(" (")[0].strip().lower(), OTHER_COLOR)
 
 
 def save_figure(fig: matplotlib.figure.Figure, name: str, figures_dir: str | Path) -> list[Path]:
@@ -41,6 +78,23 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N,3,H,W) or float [0,1] -> float (N,H,W,3) for imshow."""
     images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     return images.clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def amplify_for_display(delta: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``clip(0.5 + delta * scale, 0, 1)`` for viewing a perturbation (grey = 0).
+
+    Default ``scale`` maps the largest |delta| (over the whole tensor) to 0.5, i.e. to black/white;
+    an all-zero delta gives uniform grey. Accepts any shape.
+    """
+    if not isinstance(delta, torch.Tensor) or not torch.is_floating_point(delta):
+        raise ValueError("delta must be a float torch.Tensor")
+    delta = delta.float()
+    if scale is None:
+        peak = float(delta.abs().max()) if delta.numel() else 0.0
+        scale = 0.5 / peak if peak > 0 else 1.0
+    elif not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be positive and finite, got {scale!r}")
+    return (0.5 + delta * scale).clamp(0.0, 1.0)
 
 
 def image_grid(rows: dict[str, torch.Tensor], col_titles: Sequence[str] | None = None, size: float = 1.4):

@@ -1,6 +1,6 @@
 """How much of a sweep's difference is the victim's own training noise: retrain the victim of notebook 02's
-points (same poisons, same diffusion models, same purified sets) under other victim seeds and report the
-spread. Writes figures/quick-victim-seed-spread.csv (+ manifest); every run is cached.
+points (same poisons, same diffusion models, same purified sets; the points come from the profile's
+``sparse_diffusion`` grid, as in the notebook) under other victim seeds and report the spread. Writes figures/quick-victim-seed-spread.csv (+ manifest); every run is cached.
 
     python scripts/victim_seed_spread.py --seeds 0 1 [--profile quick]
 """
@@ -14,20 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from eclipse.experiments import attack_victim, clean_data, diffusion_model, eclipse_run, poisoned_set
+from eclipse.experiments import clean_data, poisoned_set
 from eclipse.manifest import write_manifest
 from eclipse.profiles import get_profile, sweep_profile, victim_label
 from eclipse.storage import atomic_write_text
+from eclipse.sweeps import sparse_diffusion_point, sparse_diffusion_points
 
 OUT = Path(__file__).resolve().parents[1] / "figures"
 
 
-def points(iterations: int) -> dict[str, dict]:
-    """Notebook 02's quick points: label -> diffusion_model overrides."""
-    at = {"iterations": iterations // 4}
-    return {"replicate, I/4": {"enlargement": "replicate", **at}, "crop, I/4": {"enlargement": "crop", **at},
-            "M = 0, I/4": {"replicas": 0, **at}, "B = 1000, I/4": {"sparse_size": 1000, **at},
-            "I/2": {"iterations": iterations // 2}, "I": {"iterations": iterations}}
+def points(profile: str = "quick") -> dict[str, dict]:
+    """Notebook 02's points under ``profile`` (its ``sparse_diffusion`` grid): label -> diffusion overrides."""
+    return {label: overrides for label, (_, _, overrides) in sparse_diffusion_points(sweep_profile(profile)).items()}
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -35,7 +33,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attack", default="urp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--points", nargs="+", choices=list(points(0)), help="the points to run (default: all six)")
+    parser.add_argument("--points", nargs="+", choices=list(points("quick")),
+                        help="the points of notebook 02's grid to run (default: all; labels as under quick)")
     parser.add_argument("--name", default="quick-victim-seed-spread")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the CSV and manifest (default figures/)")
     args = parser.parse_args(argv)
@@ -44,18 +43,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sets = clean_data(profile)
     poisoned = poisoned_set(sets["train"], args.attack, profile.seed)
     rows = []
-    for label, overrides in points(profile.diffusion_train["iterations"]).items():
+    for label, overrides in points(profile).items():
         if args.points and label not in args.points:
             continue
-        sparse_size = overrides.pop("sparse_size", None)
-        purifier = diffusion_model(profile, sets["pool"], sparse_size=sparse_size, progress=False, **overrides)
         for seed in args.seeds:
-            result = eclipse_run(poisoned, sets["eval"], profile, "A+B+C", purifier=purifier, progress=False,
-                                 victim={"seed": seed, **attack_victim(profile, args.attack)})
-            rows.append({"point": label, "victim_seed": seed, "test_acc": result["test_acc"],
-                         "cached": result["cached"]})
-            print(f"{label:>14} seed {seed}: {result['test_acc']:.2f}%{' (cached)' if result['cached'] else ''}",
-                  flush=True)
+            acc = sparse_diffusion_point(profile, {args.attack: poisoned}, sets, victim_seed=seed, **overrides)
+            rows.append({"point": label, "victim_seed": seed, "test_acc": acc[args.attack]})
+            print(f"{label:>18} seed {seed}: {acc[args.attack]:.2f}%", flush=True)
     table = pd.DataFrame(rows)
     wide = table.pivot(index="point", columns="victim_seed", values="test_acc").loc[list(dict.fromkeys(table["point"]))]
     wide["spread"] = wide.max(axis=1) - wide.min(axis=1)

@@ -7,17 +7,11 @@ import pytest
 import torch
 
 from eclipse.attacks import ATTACKS, AttackSpec, get_attack, perturbation_norms, poison, register
-from eclipse.attacks.model_free import (
-    LSP_L2_BUDGET,
-    URP_LINF_BUDGET,
-    ar_filters,
-    ar_response,
-    find_ar_coefficients,
-    generate_ar_noise,
-    load_ar_coefficients,
-    ops_pixel_search,
-    quantise_l2,
-)
+from eclipse.attacks.ar import ar_filters, ar_response, find_ar_coefficients, generate_ar_noise, load_ar_coefficients
+from eclipse.attacks.lsp import LSP_L2_BUDGET
+from eclipse.attacks.ops import ops_pixel_search
+from eclipse.attacks.quantise import quantise_l2
+from eclipse.data import train_subset
 from eclipse.seeding import make_generator
 
 N, K = 400, 10
@@ -258,5 +252,45 @@ def test_budget_check_catches_a_larger_radius(data):
     with pytest.raises(RuntimeError, match="exceed"):
         poison("urp", images, labels, seed=0, epsilon=16 / 255)
     poisoned = poison("urp", images, labels, seed=0, epsilon=16 / 255, check_budget=False)
-    assert float(perturbation_norms(poisoned, images)["linf"].max()) <= 16 / 255 + 1e-9
-    assert URP_LINF_BUDGET == 8 / 255
+    linf = perturbation_norms(poisoned, images)["linf"]
+    assert float(linf.max()) <= 16 / 255 + 1e-9 and round(float(linf.max()) * 255) == 16  # the larger radius is used
+
+
+# ------------------------------------------------------------------------------------ on real CIFAR-10 images
+@pytest.fixture(scope="module")
+def real(cifar_train) -> tuple[torch.Tensor, torch.Tensor]:
+    subset = train_subset(cifar_train, 300, seed=0)
+    return subset.images, subset.labels
+
+
+def test_budgets_are_used_to_the_full_on_real_images(real):
+    images, labels = real
+    norms = {name: perturbation_norms(poison(name, images, labels, seed=0), images) for name in ("urp", "lsp", "ar", "ops")}
+    # URP: every image reaches the L-inf budget in whole 8-bit steps, 8/255 exactly (never 7 or 9)
+    assert torch.equal((norms["urp"]["linf"] * 255).round(), torch.full((len(labels),), 8.0, dtype=torch.float64))
+    assert torch.allclose(norms["urp"]["linf"] * 255, torch.full((len(labels),), 8.0, dtype=torch.float64))
+    # the L2 poisons never exceed their radius and the typical image sits within a rounding step of it
+    for name, radius in (("lsp", LSP_L2_BUDGET), ("ar", 1.0)):
+        l2 = norms[name]["l2"]
+        assert float(l2.max()) <= radius + 1e-6 and float(l2.median()) > radius - 0.01, name
+    # OPS changes exactly one pixel position of every image
+    assert torch.equal(norms["ops"]["l0"], torch.ones(len(labels), dtype=torch.int64))
+
+
+def test_urp_on_real_images_is_one_pattern_per_class(real):
+    images, labels = real
+    delta = poison("urp", images, labels, seed=0).int() - images.int()
+    unclipped = (images >= 8) & (images <= 247)  # where clipping to [0, 255] cannot touch a +-8 step
+    patterns = []
+    for k in range(K):
+        d, free = delta[labels == k], unclipped[labels == k]
+        highest = torch.where(free, d, torch.full_like(d, -99)).amax(dim=0)
+        lowest = torch.where(free, d, torch.full_like(d, 99)).amin(dim=0)
+        seen = free.any(dim=0)
+        assert torch.equal(highest[seen], lowest[seen]), k  # all images of class k carry the same pattern
+        assert float(seen.double().mean()) > 0.99
+        patterns.append(torch.where(seen, highest, torch.full_like(highest, 99)))
+    for j in range(K):
+        for k in range(j + 1, K):
+            both = (patterns[j] != 99) & (patterns[k] != 99)
+            assert float((patterns[j] != patterns[k])[both].double().mean()) > 0.85, (j, k)  # patterns differ

@@ -34,7 +34,7 @@ def test_inspect_reports_counts_and_norms(random_set, tmp_path):
     assert sum(report["label_histogram"].values()) == 40
     changed = (images.int() - random_set.images.int()).abs()
     assert report["perturbation"]["linf_max_255"] == float(changed.max())
-    assert report["perturbation"]["l0_max"] == 1
+    assert report["perturbation"]["l0_max_pixels"] == 1  # one pixel position (all 3 channels) changed
 
 
 def test_inspect_bad_file_exits_nonzero_naming_it(tmp_path):

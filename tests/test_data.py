@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from eclipse import data
+from eclipse import data, perturbations
 from eclipse.data import DataError, ImageSet
 
 
@@ -83,12 +83,12 @@ def test_perturbation_per_sample_and_per_class(random_set, tmp_path):
     delta = torch.full((10, 3, 32, 32), 4 / 255)
     delta[:, 0] = -4 / 255
     torch.save(delta, tmp_path / "classwise.pt")
-    loaded = data.load_perturbation(tmp_path / "classwise.pt")
-    poisoned = data.apply_perturbation(random_set, loaded)
+    loaded = perturbations.load_perturbation(tmp_path / "classwise.pt")
+    poisoned = perturbations.apply_perturbation(random_set, loaded)
     expected = (random_set.images.float() + torch.tensor([-4.0, 4.0, 4.0]).view(1, 3, 1, 1)).clamp(0, 255)
     assert torch.equal(poisoned.images, expected.to(torch.uint8))
     np.save(tmp_path / "int8.npy", np.full((40, 3, 32, 32), -8, dtype=np.int8))  # REM: pixel units
-    rem = data.apply_perturbation(random_set, data.load_perturbation(tmp_path / "int8.npy"))
+    rem = perturbations.apply_perturbation(random_set, perturbations.load_perturbation(tmp_path / "int8.npy"))
     assert torch.equal(rem.images, (random_set.images.int() - 8).clamp(0, 255).to(torch.uint8))
 
 
@@ -147,13 +147,13 @@ def test_malformed_files_name_the_file(tmp_path, random_set):
 def test_bad_perturbations(tmp_path, random_set):
     torch.save(torch.zeros(3, 3, 32, 32), tmp_path / "count.pt")
     with pytest.raises(DataError, match="fit neither"):
-        data.apply_perturbation(random_set, data.load_perturbation(tmp_path / "count.pt"), "count.pt")
+        perturbations.apply_perturbation(random_set, perturbations.load_perturbation(tmp_path / "count.pt"), "count.pt")
     torch.save(torch.full((10, 3, 32, 32), float("nan")), tmp_path / "nan.pt")
     with pytest.raises(DataError, match="nan.pt.*NaN"):
-        data.load_perturbation(tmp_path / "nan.pt")
+        perturbations.load_perturbation(tmp_path / "nan.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(DataError, match="junk.pt"):
-        data.load_perturbation(tmp_path / "junk.pt")
+        perturbations.load_perturbation(tmp_path / "junk.pt")
 
 
 def test_validation_messages():

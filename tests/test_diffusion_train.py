@@ -17,7 +17,9 @@ from eclipse.diffusion.checkpoints import load_checkpoint
 from eclipse.diffusion.schedule import make_schedule, purification_timesteps, respace
 from eclipse.diffusion.train import ENLARGEMENTS, DiffusionTrainConfig, enlarge, train_diffusion
 from eclipse.diffusion.unet import UNetConfig, build_unet
-from eclipse.purify import forward_noise, load_purifier, purify
+from eclipse.diffusion.checkpoints import load_model_and_schedule
+from eclipse.diffusion.gaussian import forward_noise
+from eclipse.purify import purify
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = UNetConfig(num_channels=32, num_res_blocks=1, attention_resolutions="16", channel_mult=(1, 2))
@@ -51,7 +53,7 @@ def test_training_step_runs(baseline):
     assert _same_weights(ck["model"], baseline.model.state_dict())
     assert not _same_weights(ck["ema"], ck["model"])  # EMA lags the online weights
     assert _same_weights(ck["ema"], baseline.ema.state_dict())
-    model, schedule = load_purifier(baseline.checkpoint)
+    model, schedule = load_model_and_schedule(baseline.checkpoint)
     assert schedule.num_timesteps == 4000 and _same_weights(model.state_dict(), ck["ema"])
 
 
@@ -184,9 +186,9 @@ def test_respaced_full_equals_ancestral(random_model, schedule, images):
     x0 = images[:2].float() / 127.5 - 1
     x_t = forward_noise(schedule, x0, 6, torch.Generator().manual_seed(0))
     a = S.ancestral(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1))
-    b = S.respaced(random_model, schedule, x_t, 5, 6, torch.Generator().manual_seed(1))
+    b = S.respaced(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1), S.SamplerOptions(steps=6))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    c = S.respaced(random_model, schedule, x_t, 5, 3, torch.Generator().manual_seed(1))
+    c = S.respaced(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1), S.SamplerOptions(steps=3))
     assert (a - c).abs().max() > 1e-4  # fewer steps really differ
 
 
@@ -201,9 +203,9 @@ def test_respace_semantics(schedule):
 def test_ddim_eta0_is_deterministic(random_model, schedule, images):
     x0 = images[:2].float() / 127.5 - 1
     x_t = forward_noise(schedule, x0, 6, torch.Generator().manual_seed(0))
-    a = S.ddim(random_model, schedule, x_t, 5, 3, 0.0, torch.Generator().manual_seed(1))
-    b = S.ddim(random_model, schedule, x_t, 5, 3, 0.0, torch.Generator().manual_seed(2))
-    c = S.ddim(random_model, schedule, x_t, 5, 3, 1.0, torch.Generator().manual_seed(2))
+    a = S.ddim(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1), S.SamplerOptions(steps=3, eta=0.0))
+    b = S.ddim(random_model, schedule, x_t, 5, torch.Generator().manual_seed(2), S.SamplerOptions(steps=3, eta=0.0))
+    c = S.ddim(random_model, schedule, x_t, 5, torch.Generator().manual_seed(2), S.SamplerOptions(steps=3, eta=1.0))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

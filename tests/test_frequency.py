@@ -1,4 +1,4 @@
-"""Tests for eclipse.frequency: spectra, low-frequency ratio, Fig. 2a assimilation, Theorem 1 check."""
+"""Tests for eclipse.frequency: spectra, low-frequency ratio, Fig. 2a assimilation, Theorem 1 checks."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from eclipse import frequency as fr
+from eclipse.attacks import poison
+from eclipse.data import ImageSet, train_subset
 
 AREA_FRACTION_R4 = 49 / 1024  # lattice points with radius <= 4 on a 32x32 FFT grid
 
@@ -202,8 +204,80 @@ def test_kl_sample_estimator_and_noise_stds():
     assert closed[0] == np.inf and np.all(np.diff(closed[1:]) < 0)
 
 
-# -------------------------------------------------------------------------------- Fig. 6 and errors
-def test_residual_and_amplify():
+# ------------------------------------------------------------------- Theorem 1, sample-based divergence
+TS = [0, 800, 1600, 3200]  # abar = 1, 0.90, 0.61, 0.095 on the cosine schedule with T = 4000
+
+
+def _real_poison(cifar: ImageSet, attack: str, n: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    clean = train_subset(cifar, n, seed=0)
+    return clean.images, poison(attack, clean.images, clean.labels, seed=0)
+
+
+def test_sample_divergence_detects_urp_and_falls_as_noise_assimilates_it(cifar_train):
+    clean, urp = _real_poison(cifar_train, "urp")  # class-wise +-8/255 on 500 real CIFAR-10 images
+    frame = fr.sample_divergence(clean, urp, _cosine_abar(), TS, seed=0).set_index("t")
+    div, base = frame["divergence"], frame["baseline"]
+    assert list(frame.index) == TS and np.all(np.isfinite(div)) and np.all(base > 0)
+    # at small t the poison is plain to see: far above clean vs clean (other images, other noise draw) ...
+    assert div[0] > 10 * base[0]
+    # ... then, measured from fresh noised samples at each t (nothing forces it), the divergence falls ...
+    assert div[0] > div[800] > div[1600] > div[3200]
+    assert div[800] < 0.5 * div[0] and div[3200] < 0.1 * div[0]
+    # ... until the poison is assimilated: at t = 3200 it is within estimator noise of clean vs clean
+    assert div[3200] < 1.3 * base[3200]
+    # the poison's own class-wise directions (the mean delta of each class) see the same
+    delta = (urp.double() - clean.double()).flatten(1)
+    labels = train_subset(cifar_train, 500, seed=0).labels
+    per_class = torch.stack([delta[labels == k].mean(dim=0) for k in range(10)])
+    by_class = fr.sample_divergence(clean, urp, _cosine_abar(), [0, 3200], seed=1, direction=per_class)
+    by_class = by_class.set_index("t")
+    assert by_class.loc[0, "divergence"] > 10 * by_class.loc[0, "baseline"]
+    assert by_class.loc[3200, "divergence"] < 1.3 * by_class.loc[3200, "baseline"]
+
+
+def test_low_frequency_poison_keeps_its_divergence_longer(cifar_train):
+    # the paper's reading of Theorem 1 (Sec. 3.2): noise assimilates high-frequency poisons (URP) fast and
+    # low-frequency ones (LSP, 8x8 patches) slowly; here as the share of the divergence left at t = 800
+    kept = {}
+    for attack in ("urp", "lsp"):
+        clean, poisoned = _real_poison(cifar_train, attack)
+        frame = fr.sample_divergence(clean, poisoned, _cosine_abar(), [0, 800], seed=0).set_index("t")
+        excess = frame["divergence"] - frame["baseline"]
+        assert excess[0] > 0.3 * frame.loc[0, "baseline"], attack  # detectable at t = 0
+        kept[attack] = excess[800] / excess[0]
+    assert kept["urp"] < 0.5 and kept["lsp"] > kept["urp"] + 0.25, kept
+
+
+def test_sample_divergence_without_poison_is_its_baseline_and_not_monotone():
+    g = torch.Generator().manual_seed(11)
+    clean = torch.randint(0, 256, (120, 3, 32, 32), dtype=torch.uint8, generator=g)
+    direction = torch.randn(3, 3, 32, 32, generator=g)
+    ts = list(range(0, 4000, 400))
+    frame = fr.sample_divergence(clean, clean, _cosine_abar(), ts, seed=2, direction=direction)
+    div = frame["divergence"].to_numpy()
+    assert np.allclose(div, frame["baseline"].to_numpy())  # poisoned B == clean B: same samples, same draw
+    assert np.all(div < 0.5)  # two halves of one distribution
+    assert np.any(np.diff(div) > 0)  # a sample estimate fluctuates; the analytic check cannot
+    assert frame.equals(fr.sample_divergence(clean, clean, _cosine_abar(), ts, seed=2, direction=direction))
+    assert not frame.equals(fr.sample_divergence(clean, clean, _cosine_abar(), ts, seed=3, direction=direction))
+
+
+def test_poison_subspace_spans_a_class_wise_poison():
+    g = torch.Generator().manual_seed(12)
+    clean = torch.randint(40, 216, (60, 3, 32, 32), dtype=torch.uint8, generator=g)
+    patterns = torch.randint(-8, 9, (3, 3, 32, 32), generator=g)
+    labels = torch.arange(60) % 3
+    poisoned = (clean.int() + patterns[labels]).to(torch.uint8)
+    basis = fr.poison_subspace(clean, poisoned, dims=8)
+    assert basis.shape == (3, 3072)  # rank 3: three class patterns, whatever dims asks for
+    assert torch.allclose(basis @ basis.T, torch.eye(3, dtype=torch.float64), atol=1e-9)
+    flat = patterns.flatten(1).double()
+    inside = (flat @ basis.T @ basis).norm(dim=1) / flat.norm(dim=1)
+    assert torch.allclose(inside, torch.ones(3, dtype=torch.float64), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------- Fig. 6 and errors
+def test_residual():
     clean = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
     purified = clean.clone()
     purified[0, 0, 0, 0] = 110
@@ -211,13 +285,8 @@ def test_residual_and_amplify():
     res = fr.residual(purified, clean)
     assert res.dtype == torch.float32 and res.shape == clean.shape
     assert float(res[0, 0, 0, 0]) == pytest.approx(10 / 255)
-    shown = fr.amplify_for_display(res)
-    assert float(shown.min()) >= 0 and float(shown.max()) <= 1
-    assert float(shown[0, 0, 0, 0]) == pytest.approx(1.0) and float(shown[0, 0, 1, 1]) == pytest.approx(0.5)
-    assert float(shown[1, 1, 5, 5]) == pytest.approx(0.25)
-    clipped = fr.amplify_for_display(res, scale=100.0)
-    assert float(clipped.max()) == 1.0 and float(clipped.min()) == 0.0
-    assert torch.equal(fr.amplify_for_display(torch.zeros(3, 4)), torch.full((3, 4), 0.5))
+    assert float(res[1, 1, 5, 5]) == pytest.approx(-5 / 255)
+    assert int((res != 0).sum()) == 2
 
 
 def test_validation_errors():
@@ -246,7 +315,14 @@ def test_validation_errors():
         fr.gaussian_kl_divergence_check(images, images + 1, alphas_cumprod=_cosine_abar(10), ts=[20], dims=1)
     with pytest.raises(ValueError, match="cutoff"):
         fr.low_frequency_ratio(torch.zeros(1, 3, 32, 32), cutoff=-1)
-    with pytest.raises(ValueError, match="scale"):
-        fr.amplify_for_display(torch.zeros(2), scale=0)
+    eight = images.repeat(2, 1, 1, 1)
+    with pytest.raises(ValueError, match="identical"):
+        fr.sample_divergence(eight, eight, _cosine_abar(10), [0], seed=0)
+    with pytest.raises(ValueError, match="at least 6 images"):
+        fr.sample_divergence(images, images + 1, _cosine_abar(10), [0], seed=0)
+    with pytest.raises(ValueError, match=r"k \+ 2"):
+        fr.sample_divergence(eight, eight + 1, _cosine_abar(10), [0], seed=0, direction=torch.eye(8, 3072))
+    with pytest.raises(ValueError, match="direction"):
+        fr.sample_divergence(eight, eight + 1, _cosine_abar(10), [0], seed=0, direction=torch.ones(5))
     with pytest.raises(ValueError, match="ks"):
         fr.noised_perturbations(torch.zeros(1, 3, 32, 32), ks=[])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from eclipse import cli, data
-from eclipse.purify import load_purifier, to_uint8
+from eclipse.diffusion.checkpoints import load_model_and_schedule
+from eclipse.purify import to_uint8
 
 from test_diffusion_conformance import TINY
 
@@ -51,7 +52,7 @@ def test_cli_purify_matches_official_within_one_level(tmp_path, t_star):
     # The official loop draws its noise with randn_like on the batch, so the draws follow the batch's
     # memory layout. Its DataLoader (ToTensor) yields contiguous NCHW batches, as our file reader does;
     # tiny_reference.pt's x0 happens to be channels_last, so its `purified` is reproduced from that layout.
-    model, schedule = load_purifier(checkpoint, tmp_path / "cifar10.yml")
+    model, schedule = load_model_and_schedule(checkpoint, tmp_path / "cifar10.yml")
     with torch.no_grad():
         torch.manual_seed(ref["purify_seed"])
         official_contiguous = official_loop(model, schedule, images.contiguous().float() / 127.5 - 1, t_star)

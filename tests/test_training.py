@@ -6,7 +6,7 @@ import torch
 
 from eclipse import training
 from eclipse.data import ImageSet
-from eclipse.defenses import DEFENSE_NAMES, make_defense
+from eclipse.defenses import DEFENSES, make_defense
 from eclipse.profiles import SMOKE
 from eclipse.victims import VICTIMS, build_victim
 
@@ -102,7 +102,7 @@ def test_compensation_statistics():
 
 def test_every_defense_runs_on_a_batch(random_set):
     x = random_set.images.float() / 255
-    for name in DEFENSE_NAMES:
+    for name in DEFENSES:
         defense = make_defense(name)
         prepared = defense.prepare(random_set.images) if defense.prepare else random_set.images
         assert prepared.dtype == torch.uint8 and prepared.shape == random_set.images.shape

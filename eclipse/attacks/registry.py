@@ -2,20 +2,23 @@
 
 Every attack is a plain function ``fn(images, labels, *, seed, num_classes, **params) -> torch.Tensor``
 that takes uint8 images ``(N, 3, H, W)`` and int64 labels ``(N,)`` in ``0..num_classes-1`` and returns the
-poisoned uint8 images (same shape). Model-free attacks (URP, LSP, AR, OPS) register themselves from
-``eclipse.attacks.model_free``; model-based ones (EM, TAP, REM, SEP, EFP, adaptive) plug in the same way:
-define the function, then ``register(AttackSpec(...))`` at import time of their module.
+poisoned uint8 images (same shape). ``ATTACKS`` is an ``eclipse.registry.Registry`` of ``AttackSpec``s
+(``names()``, ``description(name)``, ``help()`` for the CLI). The model-free attacks register themselves from
+their modules (``eclipse.attacks.urp``, ``lsp``, ``ar``, ``ops``); model-based ones (EM, TAP, REM, SEP, EFP,
+adaptive) plug in the same way: define the function, then ``register(AttackSpec(...))`` at import time of
+their module, and import that module in ``eclipse/attacks/__init__.py``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from eclipse.attacks.budgets import perturbation_norms
+from eclipse.registry import Registry
+from eclipse.validation import check_images, check_labels
 
 FAMILIES = ("model-free", "model-based")
 NORMS = ("linf", "l2", "l0")
@@ -57,66 +60,33 @@ class AttackSpec:
             raise ValueError(f"attack {self.name!r}: budget must be a positive finite number, got {self.budget!r}")
 
 
-_REGISTRY: dict[str, AttackSpec] = {}
-ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(_REGISTRY)
-"""Read-only live view of the registered attacks, by name."""
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+"""The registered attacks, by name (a live, read-only mapping; add entries with ``register``)."""
 
 
 def register(spec: AttackSpec, *, replace: bool = False) -> AttackSpec:
-    """Add ``spec`` to the registry; a second attack with the same name is an error unless ``replace``."""
+    """Add ``spec`` to ``ATTACKS``; a second attack with the same name is an error unless ``replace``."""
     if not isinstance(spec, AttackSpec):
         raise TypeError(f"register expects an AttackSpec, got {type(spec).__name__}")
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"attack {spec.name!r} is already registered (pass replace=True to override)")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return ATTACKS.register(spec.name, spec, description=spec.description, replace=replace)
 
 
 def get_attack(name: str) -> AttackSpec:
-    """The registered attack called ``name`` (case-insensitive)."""
-    key = str(name).strip().lower()
-    if key not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise KeyError(f"unknown attack {name!r}; known attacks: {known}")
-    return _REGISTRY[key]
+    """The registered attack called ``name`` (case-insensitive); ``KeyError`` naming the known attacks."""
+    return ATTACKS[name]
 
 
 def validate_poison_inputs(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> tuple[torch.Tensor, int]:
-    """Check images (uint8 ``(N, 3, H, W)``) and labels (integer ``(N,)`` in range).
+    """Check images (uint8 ``(N, 3, H, W)``, non-empty) and labels (integer ``(N,)`` in range).
 
     Returns the labels as int64 on the CPU and the number of classes (``labels.max() + 1`` when not given).
     Raises ``ValueError`` naming the problem.
     """
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise ValueError(
-            f"images must have dtype torch.uint8 (0..255), got {images.dtype}; "
-            "convert float [0, 1] images with (x * 255).round().to(torch.uint8)"
-        )
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor (int64), got {labels.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"labels must have shape (N,) = ({images.shape[0]},) to match images, got {tuple(labels.shape)}"
-        )
-    labels = labels.to(device="cpu", dtype=torch.int64)
-    low, high = int(labels.min()), int(labels.max())
-    if num_classes is None:
-        num_classes = high + 1
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if low < 0 or high >= num_classes:
-        raise ValueError(f"labels must lie in 0..{num_classes - 1} (num_classes={num_classes}), got range {low}..{high}")
-    return labels, num_classes
+    check_images(images)
+    labels = check_labels(labels, images.shape[0], num_classes)
+    return labels, (int(labels.max()) + 1 if num_classes is None else num_classes)
 
 
 def _check_seed(seed: Any) -> int:

@@ -30,9 +30,44 @@ def model_timesteps(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
     return mapped
 
 
+# The model's data range: uint8 pixels <-> floats in [-1, 1], the one place the conversion is written.
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 as round(clamp((x + 1) * 127.5, 0, 255))."""
+    return ((x.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+
+
+def randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``randn_like(x)`` (same strides, so the same numbers land in the same places as the official
+    code's ``randn_like``); from ``generator`` when given, drawn on its device and moved to x's."""
+    if generator is None:
+        return torch.randn_like(x)
+    if generator.device.type == x.device.type:
+        return torch.randn_like(x, generator=generator)
+    return torch.randn_like(x, device=generator.device, generator=generator).to(x.device)
+
+
+# Forward noising, the one place it happens: ``q_sample`` for training (float64 coefficients indexed per
+# sample, as improved-diffusion), ``forward_noise`` for purification from t* (as the official ECLIPSE code).
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
     return extract(schedule.sqrt_alphas_cumprod, t, x0) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def forward_noise(schedule: NoiseSchedule, x0: torch.Tensor, t_star: int,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """x = sqrt(abar[t*-1]) x0 + sqrt(1 - abar[t*-1]) e: the sample a purification from depth ``t_star``
+    starts from (schedule index ``t_star - 1``), with abar formed as the official code forms it (float32
+    cumulative product of the float32 betas) and ``e`` one ``randn_like`` draw from ``generator``."""
+    if not 1 <= t_star <= schedule.num_timesteps:
+        raise ValueError(f"t_star={t_star} outside [1, {schedule.num_timesteps}]")
+    noise = randn(x0, generator)
+    abar = torch.cumprod(1 - schedule.betas.float(), 0)[t_star - 1].to(x0.device)
+    return x0 * abar.sqrt() + noise * (1.0 - abar).sqrt()
 
 
 def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..seeding import default_device, make_generator
 from ..storage import tensor_hash
 from .checkpoints import DiffusionSettings, load_checkpoint, save_checkpoint, schedule_from_settings
-from .gaussian import training_losses
+from .gaussian import to_model_range, training_losses
 from .unet import UNetConfig, UNetModel, build_unet
 
 ENLARGEMENTS = ("replicate", "crop", "flip", "rotation", "mixup")
@@ -181,7 +181,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
     t_hi = schedule.num_timesteps if cfg.t_max is None else min(int(cfg.t_max) + 1, schedule.num_timesteps)
     data = enlarge(images.cpu(), cfg.replicas, cfg.enlargement, seed=cfg.seed,
                    rotation_degrees=cfg.rotation_degrees, crop_padding=cfg.crop_padding)
-    data = (data.float() / 127.5 - 1.0).to(device)
+    data = to_model_range(data).to(device)
     fingerprint = tensor_hash(images)
     cfg_dict = cfg.to_dict()
 

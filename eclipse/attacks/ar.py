@@ -1,11 +1,8 @@
-"""Model-free clean-label poisons: URP, LSP, AR and OPS (no network is trained to craft them).
+"""AR: class-wise autoregressive-process perturbations (Sandoval-Segura et al., NeurIPS'22). Registers ``"ar"``.
 
-All four are seeded through a CPU ``torch.Generator`` (``eclipse.seeding.make_generator``), vectorised over
-whole batches, and return uint8 images. The perturbation is computed on the [0, 1] scale, added to ``x / 255``,
-clipped to [0, 1] and rounded to 8 bits; the rounding is then corrected so that the *quantised* perturbation
-stays inside the attack's budget (see ``quantise_linf`` and ``quantise_l2``).
-
-Call them through ``eclipse.attacks.poison(name, images, labels, seed=...)``, which validates the inputs.
+The AR recurrence (``generate_ar_noise``), the matched filters that separate the processes (``ar_filters``,
+``ar_response``), the seeded search for stable separable processes (``find_ar_coefficients``), loading a given
+set (``load_ar_coefficients``) and the attack (``ar``).
 """
 from __future__ import annotations
 
@@ -17,189 +14,11 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from eclipse.attacks.quantise import chunks, quantise_l2
 from eclipse.attacks.registry import AttackSpec, register, validate_poison_inputs
 from eclipse.seeding import make_generator
 
-URP_LINF_BUDGET = 8 / 255
-LSP_L2_BUDGET = 1.30  # ECLIPSE's budget; the LSP authors' "L-inf-equivalent 6/255" is sqrt(3072) * 6/255 = 1.3043
 AR_L2_BUDGET = 1.0
-OPS_L0_BUDGET = 1
-
-CHUNK = 8192  # images processed at once (bounds memory at roughly 0.5 GB for 32x32 images)
-
-
-def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Quantisation that respects the budget
-# --------------------------------------------------------------------------------------------------------------
-def quantise_linf(clean: torch.Tensor, delta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``round(clip(clean/255 + delta) * 255)`` with every pixel kept within ``epsilon`` of ``clean``.
-
-    ``delta`` is float on the [0, 1] scale with ``|delta| <= epsilon``. Rounding to the nearest level can only
-    leave the ball when ``epsilon * 255`` is not an integer; the result is then pulled back to the largest
-    representable step ``floor(epsilon * 255)``.
-    """
-    base = clean.float()
-    poisoned = (base + delta * 255.0).clamp_(0.0, 255.0).round_()
-    max_step = math.floor(epsilon * 255.0 + 1e-6)
-    poisoned = torch.minimum(torch.maximum(poisoned, base - max_step), base + max_step)
-    return poisoned.to(torch.uint8)
-
-
-def quantise_l2(clean: torch.Tensor, delta: torch.Tensor, radius: float) -> torch.Tensor:
-    """8-bit poison from ``clean`` (uint8) and ``delta`` (float, [0, 1] scale, per-image L2 <= ``radius``).
-
-    Rounding to the nearest level adds about ``sqrt(D / 12) / 255`` in quadrature to an image's L2 norm, so for
-    images that end up over ``radius`` the coordinates that rounding pushed furthest away from the clean pixel
-    are moved one level back, most-overshooting first, just until the image is inside the ball (vectorised with
-    a sort and a cumulative sum). The quantised perturbation therefore never exceeds ``radius`` and stays within
-    a rounding step of it.
-    """
-    base = clean.float()
-    target = radius * 255.0 * (1.0 - 1e-6)
-    step = delta * 255.0
-    step_norm = step.flatten(1).norm(dim=1)
-    too_long = step_norm > target
-    if too_long.any():
-        step = step.clone()
-        step[too_long] *= (target / step_norm[too_long]).view(-1, 1, 1, 1)
-    poisoned = (base + step).clamp_(0.0, 255.0).round_()
-    achieved_sq = (poisoned - base).flatten(1).pow(2).sum(dim=1)
-    over = torch.nonzero(achieved_sq > target**2).squeeze(1)
-    if over.numel() == 0:
-        return poisoned.to(torch.uint8)
-    diff = (poisoned[over] - base[over]).flatten(1)
-    overshoot = diff.abs() - step[over].flatten(1).abs()  # > 0 where rounding moved away from the clean pixel
-    order = overshoot.argsort(dim=1, descending=True)
-    movable = overshoot.gather(1, order) > 0
-    gain = (2.0 * diff.abs().gather(1, order) - 1.0) * movable  # squared-norm saved by one level back
-    needed = achieved_sq[over] - target**2
-    enough = gain.cumsum(dim=1) >= needed.unsqueeze(1)
-    count = torch.where(enough.any(dim=1), enough.float().argmax(dim=1) + 1, torch.full_like(needed, -1).long())
-    take_sorted = torch.arange(diff.shape[1]).unsqueeze(0) < count.unsqueeze(1)
-    take = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)
-    diff -= diff.sign() * take
-    fallback = count < 0  # cannot happen in practice: round toward the clean pixel (only shrinks coordinates)
-    if fallback.any():
-        rows = over[fallback]
-        diff[fallback] = ((base[rows] + step[rows]).clamp(0.0, 255.0) - base[rows]).trunc().flatten(1)
-    poisoned[over] = base[over] + diff.view(-1, *base.shape[1:])
-    return poisoned.to(torch.uint8)
-
-
-def _scale_to_l2(noise: torch.Tensor, radius: float) -> torch.Tensor:
-    norms = noise.flatten(1).norm(dim=1).view(-1, *([1] * (noise.dim() - 1)))
-    return noise * (radius / norms)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# URP: class-wise uniform random noise
-# --------------------------------------------------------------------------------------------------------------
-def urp(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    seed: int,
-    num_classes: int,
-    epsilon: float = URP_LINF_BUDGET,
-) -> torch.Tensor:
-    """URP, class-wise universal random noise. Budget: L-inf ``epsilon`` = 8/255.
-
-    One pattern per class, ``delta_k ~ U(-epsilon, epsilon)`` per pixel and channel, added to every image of
-    class ``k`` (before clipping). Source: Huang et al. (ICLR'21) code, ``perturbation.py --attack_type random
-    --perturb_type classwise`` (``uniform_(-eps, eps)``); ECLIPSE's URP.
-    """
-    labels, num_classes = validate_poison_inputs(images, labels, num_classes)
-    if not 0 < epsilon:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
-    _, channels, height, width = images.shape
-    generator = make_generator(seed)
-    patterns = (torch.rand(num_classes, channels, height, width, generator=generator) * 2.0 - 1.0) * epsilon
-    poisoned = torch.empty_like(images)
-    for part in _chunks(images.shape[0]):
-        poisoned[part] = quantise_linf(images[part], patterns[labels[part]], epsilon)
-    return poisoned
-
-
-# --------------------------------------------------------------------------------------------------------------
-# LSP: linearly separable synthetic patch noise
-# --------------------------------------------------------------------------------------------------------------
-def _distinct_hypercube_vertices(count: int, dims: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` distinct random vertices of ``{0, 1}^dims`` (as sklearn's ``_generate_hypercube`` draws them)."""
-    if dims < 63 and count > 2**dims:
-        raise ValueError(f"cannot draw {count} distinct class centres from a {dims}-dimensional hypercube")
-    vertices = torch.randint(0, 2, (count, dims), generator=generator)
-    while torch.unique(vertices, dim=0).shape[0] < count:
-        vertices = torch.randint(0, 2, (count, dims), generator=generator)
-    return vertices.double()
-
-
-def lsp_features(
-    labels: torch.Tensor, num_classes: int, num_features: int, generator: torch.Generator, class_sep: float = 10.0
-) -> torch.Tensor:
-    """Per-sample class-clustered Gaussian features, ``(N, num_features)`` float64.
-
-    The recipe of ``sklearn.datasets.make_classification(n_informative=F, n_redundant=0, n_repeated=0,
-    n_clusters_per_class=1, class_sep=10, flip_y=0)`` as the LSP authors call it: class ``k`` has centre
-    ``c_k`` in ``{-class_sep, +class_sep}^F`` (distinct hypercube vertices) and a random linear map
-    ``A_k ~ U(-1, 1)^{F x F}``; a sample of class ``k`` is ``z @ A_k + c_k`` with ``z ~ N(0, I_F)``.
-    """
-    centres = _distinct_hypercube_vertices(num_classes, num_features, generator) * (2 * class_sep) - class_sep
-    mixing = torch.rand(num_classes, num_features, num_features, generator=generator, dtype=torch.float64) * 2 - 1
-    gaussian = torch.randn(labels.shape[0], num_features, generator=generator, dtype=torch.float64)
-    features = torch.empty_like(gaussian)
-    for k in range(num_classes):
-        members = labels == k
-        if members.any():
-            features[members] = gaussian[members] @ mixing[k] + centres[k]
-    return features
-
-
-def lsp(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    seed: int,
-    num_classes: int,
-    patch_size: int = 8,
-    l2_radius: float = LSP_L2_BUDGET,
-    class_sep: float = 10.0,
-) -> torch.Tensor:
-    """LSP, linearly separable synthetic perturbations (Yu et al., KDD'22). Budget: L2 ``l2_radius`` = 1.30.
-
-    Sample-wise noise clustered by class: one ``make_classification``-style point per image
-    (``lsp_features``, ``F = ceil(H/p) * ceil(W/p) * 3`` features, 48 for 32x32 and p=8), reshaped to a
-    ``(H/p, W/p, 3)`` grid so that each ``p x p`` patch is one uniform colour per channel, upsampled by
-    repetition to ``H x W`` (cropped when ``p`` does not divide the size), scaled to L2 = ``l2_radius`` and
-    added. Source: dayu11/Availability-Attacks-Create-Shortcuts ``synthetic_perturbations/cifar_train.py``
-    (``--patchsize 8 --eps 6``, i.e. L2 = sqrt(3072) * 6/255 = 1.304; ECLIPSE and APBench quote 1.30).
-    """
-    labels, num_classes = validate_poison_inputs(images, labels, num_classes)
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-    if not l2_radius > 0:
-        raise ValueError(f"l2_radius must be positive, got {l2_radius}")
-    n, channels, height, width = images.shape
-    grid_h, grid_w = math.ceil(height / patch_size), math.ceil(width / patch_size)
-    generator = make_generator(seed)
-    features = lsp_features(labels, num_classes, grid_h * grid_w * channels, generator, class_sep)
-    # The authors reshape each point as (rows, cols, channels) (HWC images), then we move channels first.
-    patches = features.view(n, grid_h, grid_w, channels).permute(0, 3, 1, 2).float()
-    poisoned = torch.empty_like(images)
-    for part in _chunks(n):
-        noise = patches[part].repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-        noise = _scale_to_l2(noise[:, :, :height, :width].contiguous(), l2_radius)
-        poisoned[part] = quantise_l2(images[part], noise, l2_radius)
-    return poisoned
-
-
-# --------------------------------------------------------------------------------------------------------------
-# AR: autoregressive-process perturbations
-# --------------------------------------------------------------------------------------------------------------
 AR_CROP = 4  # the authors generate on (H+4) x (W+4) = 36x36 and drop the first 4 rows and columns
 _AR_RENORMALISE_ABOVE = 1e4
 
@@ -490,7 +309,7 @@ def ar(
         class_coefficients = load_ar_coefficients(coefficients, num_classes)
     _, _, height, width = images.shape
     poisoned = torch.empty_like(images)
-    for part in _chunks(images.shape[0]):
+    for part in chunks(images.shape[0]):
         noise, log_norm = generate_ar_noise(class_coefficients[labels[part]], generator, height, width)
         unstable = ~(torch.isfinite(log_norm) & torch.isfinite(noise).flatten(1).all(dim=1))
         if unstable.any():
@@ -500,83 +319,5 @@ def ar(
     return poisoned
 
 
-# --------------------------------------------------------------------------------------------------------------
-# OPS: one-pixel shortcut
-# --------------------------------------------------------------------------------------------------------------
-CUBE_CORNERS = torch.tensor([[(v >> 2) & 1, (v >> 1) & 1, v & 1] for v in range(8)], dtype=torch.float64)
-"""The 8 colours OPS may write, indexed like the authors' ``pixel_value`` (R = bit 2, G = bit 1, B = bit 0)."""
-
-
-def ops_scores(class_images: torch.Tensor) -> torch.Tensor:
-    """OPS search objective for one class, ``(H*W, 8)``: for every position and cube-corner colour ``c``,
-    mean / std of ``|c - x[p]|`` over the class's images and the 3 channels (population std, [0, 1] scale).
-
-    Vectorised through per-channel first and second moments (``|c - x| = x`` for ``c = 0`` and ``1 - x`` for
-    ``c = 1``). Zero spread scores +inf when the colour changes every image by the same amount, and 0 when it
-    changes nothing.
-    """
-    x = class_images.double().flatten(2) / 255.0  # (n, 3, P)
-    mean_x, mean_x2 = x.mean(dim=0), (x * x).mean(dim=0)  # (3, P)
-    corner = CUBE_CORNERS.T.unsqueeze(-1)  # (3, 8, 1): channel value of each colour
-    # E|c - x| and E|c - x|^2 per channel, for c in {0, 1} chosen by each colour.
-    first = torch.where(corner > 0, 1.0 - mean_x.unsqueeze(1), mean_x.unsqueeze(1))  # (3, 8, P)
-    second = torch.where(corner > 0, 1.0 - 2.0 * mean_x.unsqueeze(1) + mean_x2.unsqueeze(1), mean_x2.unsqueeze(1))
-    mean = first.mean(dim=0)  # (8, P): channels pooled with the images
-    std = (second.mean(dim=0) - mean * mean).clamp_min(0.0).sqrt()
-    scores = torch.where(std > 1e-12, mean / std.clamp_min(1e-12), torch.where(mean > 1e-12, math.inf, 0.0))
-    return scores.T.contiguous()  # (P, 8)
-
-
-def ops_pixel_search(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, the best (position, colour) pair not taken by an earlier class.
-
-    Returns ``positions`` ``(K,)`` (row-major index ``row * W + col``, -1 for a class without images) and
-    ``colours`` ``(K, 3)`` in {0, 1}. Source: cychomatica/One-Pixel-Shotcut ``perturb.py::pixel_search``
-    (``sparsity=1``), which excludes used (position, colour) pairs, not positions.
-    """
-    _, _, height, width = images.shape
-    positions = torch.full((num_classes,), -1, dtype=torch.int64)
-    colours = torch.zeros(num_classes, 3, dtype=torch.float64)
-    taken: list[tuple[int, int]] = []
-    for k in range(num_classes):
-        members = labels == k
-        if not members.any():
-            continue
-        scores = ops_scores(images[members])
-        for position, colour in taken:
-            scores[position, colour] = -math.inf
-        best = int(torch.argmax(scores))  # first of ties, in row-major (position, colour) order
-        position, colour = divmod(best, scores.shape[1])
-        taken.append((position, colour))
-        positions[k] = position
-        colours[k] = CUBE_CORNERS[colour]
-    return positions, colours
-
-
-def ops(images: torch.Tensor, labels: torch.Tensor, *, seed: int, num_classes: int) -> torch.Tensor:
-    """OPS, one-pixel shortcut (Wu et al., ICLR'23). Budget: L0 = 1 pixel position (L-inf unbounded).
-
-    ``ops_pixel_search`` picks one (position, cube-corner colour) per class; that pixel is set to the colour in
-    every image of the class. Deterministic: ``seed`` is accepted for a uniform interface and not used.
-    """
-    labels, num_classes = validate_poison_inputs(images, labels, num_classes)
-    positions, colours = ops_pixel_search(images, labels, num_classes)
-    _, _, height, width = images.shape
-    poisoned = images.clone()
-    flat = poisoned.view(images.shape[0], 3, height * width)
-    values = (colours * 255).to(torch.uint8)
-    for k in torch.nonzero(positions >= 0).flatten().tolist():
-        members = torch.nonzero(labels == k).squeeze(1)
-        flat[members, :, int(positions[k])] = values[k]
-    return poisoned
-
-
-# --------------------------------------------------------------------------------------------------------------
-register(AttackSpec("urp", urp, "model-free", "linf", URP_LINF_BUDGET,
-                    "class-wise uniform random noise U(-8/255, 8/255), one pattern per class"))
-register(AttackSpec("lsp", lsp, "model-free", "l2", LSP_L2_BUDGET,
-                    "linearly separable synthetic 8x8-patch noise, sample-wise around class centres, L2 = 1.30"))
 register(AttackSpec("ar", ar, "model-free", "l2", AR_L2_BUDGET,
                     "class-wise 3-channel autoregressive processes, a fresh sample per image, L2 = 1.0"))
-register(AttackSpec("ops", ops, "model-free", "l0", float(OPS_L0_BUDGET),
-                    "one-pixel shortcut: one class-wise pixel set to a cube-corner colour"))

@@ -1,0 +1,155 @@
+"""Cached artifacts: one helper for every cache-or-compute (poisons, diffusion models, purified sets,
+victim runs), and the code identity that keys them.
+
+An artifact's key hashes its inputs (data content, configuration, seed) and the *code identity* of the
+modules that compute it: the package modules they import, transitively, each parsed and dumped without
+docstrings (comments never reach the syntax tree). So editing a comment or a docstring keeps every
+cached artifact, while a change to any statement on the path (a helper in another file included)
+makes a new one. Every kind keeps an ``index.json`` beside its hashed entries, naming each key with a
+readable label and what made it (``eclipse cache ls``).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .storage import atomic_write_json, cache_dir, config_key
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE = "eclipse"
+T = TypeVar("T")
+
+# What computes each kind of artifact (roots of its import closure).
+ARTIFACT_CODE: dict[str, tuple[str, ...]] = {
+    "poisons": ("eclipse.attacks",),
+    "runs": ("eclipse.training", "eclipse.victims", "eclipse.defenses"),
+    "diffusion": ("eclipse.diffusion.train",),
+    "purified": ("eclipse.purify",),
+}
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """``eclipse.a.b`` -> ``root/a/b.py`` or ``root/a/b/__init__.py`` (None if not a package module)."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _imported_modules(tree: ast.AST, name: str, is_package: bool, root: Path) -> set[str]:
+    """Package modules that ``name`` imports anywhere (module level or inside functions)."""
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)  # `from . import gaussian`
+    return {m for m in found if _module_file(m, root) is not None}
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: Path, mtime_ns: int) -> tuple[str, str]:
+    """(normalised source dump, source) of one file; cached by modification time."""
+    source = path.read_text()
+    return ast.dump(_strip_docstrings(ast.parse(source)), include_attributes=False), source
+
+
+def module_closure(*roots: str, root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """``{module: normalised syntax dump}`` for ``roots`` and every package module they import."""
+    seen: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name, root)
+        if path is None:
+            raise ValueError(f"{name!r} is not a module of the {PACKAGE} package under {root}")
+        dump, source = _parsed(path, path.stat().st_mtime_ns)
+        seen[name] = dump
+        todo.extend(_imported_modules(ast.parse(source), name, path.name == "__init__.py", root) - seen.keys())
+    return seen
+
+
+def code_identity(*roots: str, root: Path = PACKAGE_ROOT) -> str:
+    """Short hash of the code behind ``roots`` (docstrings and comments excluded, imports followed)."""
+    h = hashlib.sha256()
+    for name, dump in sorted(module_closure(*roots, root=root).items()):
+        h.update(name.encode() + b"\0" + dump.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def artifact_key(kind: str, inputs: dict, *, root: Path = PACKAGE_ROOT) -> str:
+    """The cache key of an artifact of ``kind`` made from ``inputs``."""
+    if kind not in ARTIFACT_CODE:
+        raise ValueError(f"unknown artifact kind {kind!r}; known: {', '.join(ARTIFACT_CODE)}")
+    return config_key({"inputs": inputs, "code": code_identity(*ARTIFACT_CODE[kind], root=root)})
+
+
+def artifact_path(kind: str, key: str, *, label: str = "", suffix: str = "") -> Path:
+    """Where an artifact lives: ``<cache>/<kind>/<label>-<key><suffix>`` (a folder when no suffix)."""
+    stem = f"{label}-{key}" if label else key
+    return cache_dir() / kind / f"{stem}{suffix}"
+
+
+def _index(kind: str, key: str, path: Path, label: str, inputs: dict, seconds: float) -> None:
+    """Record a new artifact in ``<cache>/<kind>/index.json`` (readable names beside the hashes)."""
+    index_path = cache_dir() / kind / "index.json"
+    try:
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        index = {}  # a damaged index is rebuilt from here on; the artifacts themselves are intact
+    summary = {k: v for k, v in inputs.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    index[key] = {"label": label, "path": path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "seconds": round(seconds, 1), **summary}
+    atomic_write_json(index, index_path)
+
+
+def cached(kind: str, inputs: dict, compute: Callable[[Path], T], *, load: Callable[[Path], T],
+           save: Callable[[T, Path], Any], label: str = "", suffix: str = "",
+           done: Callable[[Path], bool] | None = None) -> tuple[T, bool, Path]:
+    """The artifact of ``kind`` for ``inputs``: loaded if it is complete, else computed and saved.
+
+    ``compute(path)`` gets the artifact's path (a folder artifact keeps its resume state there, so an
+    interrupted computation continues); ``save(value, path)`` must write atomically; ``done(path)``
+    says whether a complete artifact is there (default: the path exists). Returns
+    ``(value, was_cached, path)``.
+    """
+    key = artifact_key(kind, inputs)
+    path = artifact_path(kind, key, label=label, suffix=suffix)
+    is_done = done or (lambda p: p.exists())
+    if is_done(path):
+        return load(path), True, path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    value = compute(path)
+    save(value, path)
+    _index(kind, key, path, label, inputs, time.perf_counter() - tick)
+    return value, False, path

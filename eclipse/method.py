@@ -1,0 +1,84 @@
+"""ECLIPSE itself: its three modules, its settings, and the pipeline "purify, then train with compensation".
+
+- Module A: sparse diffusion purification (a diffusion model trained on a few clean images; each
+  training image is noised to ``t_star`` and denoised).
+- Module B: random grayscale with probability ``gray_p`` during victim training.
+- Module C: Gaussian noise ``sigma`` during victim training.
+
+``MODULES`` registers every combination of Table 4 (``A+B+C`` is ECLIPSE); a combination names whether
+module A runs and which training-time defense (``eclipse.defenses.DEFENSES``) carries B/C.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data import ImageSet
+from .experiments import diffusion_model, purified_set, victim_run
+from .profiles import Profile, get_profile
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One combination of ECLIPSE's modules."""
+
+    name: str
+    purify: bool       # module A
+    defense: str       # the training-time defense that carries modules B and C
+    description: str
+
+
+MODULES: Registry[ModuleSpec] = Registry("ECLIPSE modules")
+for _name, _purify, _defense, _text in (
+        ("A+B+C", True, "compensation", "ECLIPSE: purify, then train with random grayscale and Gaussian noise"),
+        ("A", True, "none", "diffusion purification only"),
+        ("B", False, "grayscale", "random grayscale only"),
+        ("C", False, "noise", "Gaussian noise only"),
+        ("A+B", True, "grayscale", "purification + random grayscale"),
+        ("A+C", True, "noise", "purification + Gaussian noise"),
+        ("B+C", False, "compensation", "corruption compensation without purification")):
+    MODULES.register(_name, ModuleSpec(_name, _purify, _defense, _text), description=_text)
+
+
+def module_spec(modules: str) -> ModuleSpec:
+    """The registered combination (``"A+B+C"``, ``"B+C"``, ...); module order does not matter."""
+    key = "+".join(sorted(str(modules).upper().replace(" ", "").split("+")))
+    return MODULES[key if key in MODULES else modules]
+
+
+@dataclass(frozen=True)
+class EclipseSettings:
+    """ECLIPSE's hyper-parameters (the paper's defaults; a profile supplies its own)."""
+
+    t_star: int = 100           # purification depth, forward steps of the T = 4000 schedule
+    sampler: str = "ancestral"  # reverse sampler (eclipse.diffusion.samplers.SAMPLERS)
+    sampler_steps: int | None = None
+    sparse_size: int = 2000     # B, clean images the defender holds
+    replicas: int = 4           # M, the sparse set is repeated M + 1 times
+    gray_p: float = 0.4         # module B
+    sigma: float = 0.05         # module C
+
+
+def settings(profile: Profile | str) -> EclipseSettings:
+    """The profile's ECLIPSE settings (the one source of defaults for ``purify`` and ``defend``)."""
+    p = get_profile(profile)
+    return EclipseSettings(t_star=p.t_star, sampler=p.sampler, sampler_steps=p.sampler_steps,
+                           sparse_size=p.sparse_size, replicas=p.replicas, gray_p=p.gray_p, sigma=p.sigma)
+
+
+def run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules: str = "A+B+C", *,
+        purifier: tuple | None = None, pool: ImageSet | None = None, progress: bool = True,
+        victim: dict | None = None, **purify_overrides) -> dict:
+    """ECLIPSE on ``dataset`` (a possibly poisoned training set): purify if module A is on (with
+    ``purifier = (model, schedule, key)``, or a model trained on a sparse set drawn from ``pool``), then
+    train the profile's victim (``victim``: TrainConfig overrides) with the modules B/C that are on.
+    Every stage is cached. Returns the victim result with ``modules`` added."""
+    spec = module_spec(modules)
+    if spec.purify:
+        if purifier is None:
+            if pool is None:
+                raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
+            purifier = diffusion_model(profile, pool, progress=progress)
+        dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
+    result = victim_run(dataset, evaluation, profile, spec.defense, progress=progress, **(victim or {}))
+    return {**result, "modules": spec.name}

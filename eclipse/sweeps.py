@@ -1,0 +1,136 @@
+"""Grids of cached runs: the attacks x methods accuracy grid (Tables 1, 3, 4) and the sweeps of the
+sparse diffusion model (Fig. 3, Tables 5-6, Fig. 5a) and of ECLIPSE's hyper-parameters (Fig. 5b-c,
+Table 7). Notebooks and scripts call these; the grids' values come from the profile."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from . import method
+from .experiments import clean_data, diffusion_model, poisoned_set, victim_run
+from .profiles import Profile, get_profile, setting_label
+
+
+def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
+                  progress: bool = True, log=print, reference_rows: bool = True, **victim_overrides) -> pd.DataFrame:
+    """Long table of test accuracy for every (attack, method). ``attacks`` may include ``clean``; a
+    method is a training-time defense name or ``eclipse:<modules>`` (e.g. ``eclipse:A+B+C``). Every
+    run is cached, so notebooks that share cells share the work.
+
+    Where the profile trains an attack's victim differently (``profile.attack_victim``, e.g. URP without
+    random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
+    display label ``row``, e.g. ``urp (no crop)``), and, if ``clean`` is in ``attacks``, a ``clean`` row
+    with the same setting (method ``none``) is added as its reference (``reference_rows=False``: not)."""
+    profile = get_profile(profile)
+    sets = clean_data(profile, data)
+    purifier = None
+    rows, started = [], time.perf_counter()
+    jobs = []
+    for attack in attacks:
+        jobs += [(attack, {**profile.victim_overrides(attack), **victim_overrides}, m) for m in methods]
+    if "clean" in attacks and reference_rows:
+        settings = {setting_label(v): v for a in attacks if a != "clean" for v in [profile.victim_overrides(a)] if v}
+        jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
+    for attack, victim, name in jobs:
+        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
+        if name.startswith("eclipse"):
+            spec = method.module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C")
+            if spec.purify and purifier is None:
+                purifier = diffusion_model(profile, sets["pool"], progress=progress)
+            result = method.run(train, sets["eval"], profile, spec.name, purifier=purifier, progress=progress,
+                                victim=victim)
+        else:
+            result = victim_run(train, sets["eval"], profile, name, progress=progress, **victim)
+        setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
+        rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
+                     "method": name, "test_acc": result["test_acc"],
+                     "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
+        if log:
+            log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {name:<14} {result['test_acc']:6.2f}%  "
+                f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
+                f"{time.perf_counter() - started:.0f}s so far)")
+    return pd.DataFrame(rows)
+
+
+def wide(long: pd.DataFrame, index: str = "row", columns: str = "method") -> pd.DataFrame:
+    """The long grid as a table, rows and columns in the order they ran (not alphabetical)."""
+    table = long.pivot(index=index, columns=columns, values="test_acc")
+    return table.loc[list(dict.fromkeys(long[index])), list(dict.fromkeys(long[columns]))]
+
+
+# ------------------------------------------------------------------ notebook 02: the sparse diffusion model
+
+def sparse_diffusion_points(profile: Profile | str) -> dict[str, tuple[str, object, dict]]:
+    """Every point of the profile's ``sparse_diffusion`` grid: ``label -> (sweep, value, diffusion overrides)``.
+
+    Sweeps: ``enlargement`` (Fig. 3), ``M`` (Table 5), ``B`` (Table 6), all at ``variant_iterations``, and
+    ``I`` (Fig. 5a). Points that name the same diffusion model appear once per sweep; the runs are shared
+    through the cache."""
+    grid = get_profile(profile).grid("sparse_diffusion")
+    at_i = {"iterations": grid["variant_iterations"]}
+    points: dict[str, tuple[str, object, dict]] = {}
+    for v in grid["enlargements"]:
+        points[f"enlargement={v}"] = ("enlargement", v, {"enlargement": v, **at_i})
+    for v in grid["replicas"]:
+        points[f"M={v}"] = ("M", v, {"replicas": v, **at_i})
+    for v in grid["sparse_sizes"]:
+        points[f"B={v}"] = ("B", v, {"sparse_size": v, **at_i})
+    for v in grid["iterations"]:
+        points[f"I={v}"] = ("I", v, {"iterations": v})
+    return points
+
+
+def sparse_diffusion_point(profile: Profile | str, poisoned: dict, sets: dict, *, victim_seed: int | None = None,
+                           progress: bool = False, **diffusion) -> dict[str, float]:
+    """ECLIPSE (A+B+C) accuracy per attack with the diffusion model trained under ``diffusion`` overrides
+    (``sparse_size``, ``replicas``, ``enlargement``, ``iterations``); each attack's victim as the profile
+    trains it (quick: URP without crop, as in notebooks 04-06)."""
+    profile = get_profile(profile)
+    diffusion = dict(diffusion)
+    sparse_size = diffusion.pop("sparse_size", None)
+    purifier = diffusion_model(profile, sets["pool"], sparse_size=sparse_size, progress=progress, **diffusion)
+    seed = {} if victim_seed is None else {"seed": victim_seed}
+    return {a: method.run(d, sets["eval"], profile, "A+B+C", purifier=purifier, progress=progress,
+                          victim={**seed, **profile.victim_overrides(a)})["test_acc"] for a, d in poisoned.items()}
+
+
+def sparse_diffusion_sweeps(profile: Profile | str, attacks: Iterable[str] | None = None,
+                            progress: bool = False) -> dict[str, pd.DataFrame]:
+    """Notebook 02's four tables (``enlargement``, ``M``, ``B``, ``I``): accuracy per attack and AVG."""
+    profile = get_profile(profile)
+    attacks = list(attacks or profile.grid("sparse_diffusion")["attacks"])
+    sets = clean_data(profile)
+    poisoned = {a: poisoned_set(sets["train"], a, profile.seed) for a in attacks}
+    rows: dict[str, dict] = {}
+    for label, (sweep, value, overrides) in sparse_diffusion_points(profile).items():
+        rows.setdefault(sweep, {})[value] = sparse_diffusion_point(profile, poisoned, sets, progress=progress,
+                                                                    **overrides)
+    tables = {}
+    for sweep, by_value in rows.items():
+        frame = pd.DataFrame(by_value).T.rename_axis(sweep)
+        frame["AVG"] = frame.mean(axis=1)
+        tables[sweep] = frame
+    return tables
+
+
+# ------------------------------------------------------------------ notebook 06: ECLIPSE's hyper-parameters
+
+HYPERPARAMETERS: dict[str, tuple[str, str]] = {"p": ("gray_ps", "gray_p"), "sigma": ("sigmas", "sigma"),
+                                               "t*": ("t_stars", "t_star")}
+"""Notebook 06's sweeps: name -> (grid key of its values, the Profile field it sets)."""
+
+
+def hyperparameter_sweep(profile: Profile | str, name: str, values: Iterable | None = None,
+                         attacks: Iterable[str] | None = None) -> pd.DataFrame:
+    """ECLIPSE (A+B+C) accuracy with one hyper-parameter (``p``, ``sigma`` or ``t*``) set to each value;
+    a long table with a column named ``name``."""
+    profile = get_profile(profile)
+    grid = profile.grid("hyperparameters")
+    key, field_name = HYPERPARAMETERS[name]
+    values = list(values if values is not None else grid[key])
+    attacks = list(attacks or grid["attacks"][name])
+    make: Callable[[object], Profile] = lambda v: profile.with_overrides(**{field_name: v})  # noqa: E731
+    return pd.concat([accuracy_grid(make(v), attacks, ["eclipse:A+B+C"], log=None).assign(**{name: v})
+                      for v in values], ignore_index=True)

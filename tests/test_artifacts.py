@@ -1,0 +1,92 @@
+"""Cache identity: what keys an artifact, and that it changes when (and only when) the computation does."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eclipse import artifacts
+from eclipse.artifacts import ARTIFACT_CODE, artifact_key, code_identity, module_closure
+
+PACKAGE = Path(artifacts.__file__).resolve().parent
+
+
+@pytest.fixture()
+def package_copy(tmp_path) -> Path:
+    root = tmp_path / "eclipse"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _keys(root: Path) -> dict[str, str]:
+    return {kind: artifact_key(kind, {"x": 1}, root=root) for kind in ARTIFACT_CODE}
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path.name} no longer holds {old!r}: update this test"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_docstring_and_comment_edits_keep_every_cache_identity(package_copy):
+    before = _keys(package_copy)
+    assert before == _keys(PACKAGE)  # a copy of the same code has the same identity
+    unet = package_copy / "diffusion" / "unet.py"
+    text = unet.read_text()
+    first = text.index('"""') + 3
+    unet.write_text(text[:first] + "An edited module docstring. " + text[first:])  # module docstring
+    _edit(package_copy / "diffusion" / "train.py", "def train_diffusion(",
+          "# a new comment line\ndef train_diffusion(")
+    _edit(package_copy / "diffusion" / "schedule.py", '"""', '"""Reworded: ')
+    assert _keys(package_copy) == before
+
+
+def test_changing_the_unet_forward_changes_the_diffusion_identity(package_copy):
+    before = _keys(package_copy)
+    unet = package_copy / "diffusion" / "unet.py"
+    text = unet.read_text()
+    signature = "    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:\n"
+    at = text.index(signature, text.index("class UNetModel")) + len(signature)
+    unet.write_text(text[:at] + "        x = x * 1.0\n" + text[at:])
+    after = _keys(package_copy)
+    assert after["diffusion"] != before["diffusion"]
+    assert after["poisons"] == before["poisons"] and after["runs"] == before["runs"]
+
+
+def test_a_helper_outside_the_artifacts_folder_is_followed(package_copy):
+    """URP draws its pattern with eclipse.seeding / eclipse.validation: those files are part of a poison's identity."""
+    assert "eclipse.seeding" in module_closure(*ARTIFACT_CODE["poisons"]) or \
+        "eclipse.validation" in module_closure(*ARTIFACT_CODE["poisons"])
+    before = code_identity(*ARTIFACT_CODE["poisons"], root=package_copy)
+    helper = "seeding.py" if "eclipse.seeding" in module_closure(*ARTIFACT_CODE["poisons"]) else "validation.py"
+    with (package_copy / helper).open("a") as handle:
+        handle.write("\n\nEXTRA = 1\n")
+    assert code_identity(*ARTIFACT_CODE["poisons"], root=package_copy) != before
+
+
+def test_cached_computes_once_and_indexes_readable_names(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path))
+    calls = []
+
+    def compute(path):
+        calls.append(path)
+        return {"v": 3}
+
+    save = lambda value, path: path.write_text(json.dumps(value))  # noqa: E731
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    first = artifacts.cached("poisons", {"attack": "urp", "seed": 0}, compute, load=load, save=save, label="urp",
+                             suffix=".json")
+    second = artifacts.cached("poisons", {"attack": "urp", "seed": 0}, compute, load=load, save=save, label="urp",
+                              suffix=".json")
+    other = artifacts.cached("poisons", {"attack": "urp", "seed": 1}, compute, load=load, save=save, label="urp",
+                             suffix=".json")
+    assert first[:2] == ({"v": 3}, False) and second[:2] == ({"v": 3}, True) and len(calls) == 2
+    assert first[2] == second[2] != other[2] and first[2].name.startswith("urp-")
+    index = json.loads((tmp_path / "poisons" / "index.json").read_text())
+    assert {entry["path"] for entry in index.values()} == {first[2].name, other[2].name}
+    assert {entry["seed"] for entry in index.values()} == {0, 1}
+    with pytest.raises(ValueError, match="unknown artifact kind"):
+        artifact_key("nope", {})

@@ -1,0 +1,89 @@
+"""README.md's generated blocks (results, supported methods, timings) must match figures/ and the package
+registries: ``python scripts/readme_tables.py`` regenerates them, ``--check`` shows the diff."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("readme_tables", REPO / "scripts" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+readme_tables = _script()
+
+
+def test_readme_matches_figures_and_registries():
+    ok, diff = readme_tables.check(REPO / "README.md", REPO / "figures")
+    assert ok, "README.md is stale; run `python scripts/readme_tables.py`:\n" + diff
+
+
+@pytest.fixture()
+def copy(tmp_path: Path) -> tuple[Path, Path]:
+    """README.md and figures/ (CSVs and manifests only) copied to a temporary folder."""
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for path in (REPO / "figures").iterdir():
+        if path.suffix in (".csv", ".json", ".md"):
+            shutil.copy(path, figures / path.name)
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    return readme, figures
+
+
+def test_check_fails_when_a_csv_value_changes(copy):
+    readme, figures = copy
+    assert readme_tables.check(readme, figures)[0]
+    csv = figures / "table1-main-results.csv"
+    table = pd.read_csv(csv, index_col=0)
+    column = [c for c in table.columns if c.startswith("eclipse")][0]
+    old = table.loc["lsp", column]
+    table.loc["lsp", column] = old + 3.0
+    table.to_csv(csv)
+    ok, diff = readme_tables.check(readme, figures)
+    assert not ok
+    assert f"{old + 3.0:.2f}" in diff and "-| LSP |" in diff
+
+    # --check exits 1 and prints the diff; a rewrite makes it pass again, atomically and only inside the blocks.
+    assert readme_tables.main(["--check", "--readme", str(readme), "--figures", str(figures)]) == 1
+    before = readme.read_text()
+    assert readme_tables.main(["--readme", str(readme), "--figures", str(figures)]) == 0
+    assert readme_tables.check(readme, figures)[0]
+    after = readme.read_text()
+    outside = lambda text: readme_tables.BLOCK.sub("", text)  # noqa: E731
+    assert outside(before) == outside(after) and before != after
+    assert not list(readme.parent.glob(".README.md.*"))
+
+
+def test_check_fails_when_a_generated_block_is_edited_by_hand(copy):
+    readme, figures = copy
+    text = readme.read_text()
+    readme.write_text(text.replace("<!-- END generated:results -->", "| a hand-made row |\n<!-- END generated:results -->"))
+    ok, diff = readme_tables.check(readme, figures)
+    assert not ok and "hand-made row" in diff
+
+
+def test_every_block_is_present_and_known():
+    text = (REPO / "README.md").read_text()
+    names = {m.group("name") for m in readme_tables.BLOCK.finditer(text)}
+    assert names == set(readme_tables.GENERATORS)
+    with pytest.raises(KeyError, match="lacks"):
+        readme_tables.render(readme_tables.BLOCK.sub("", text))
+
+
+def test_methods_list_every_registered_name():
+    block = readme_tables.methods_block()
+    for _, paths, _ in readme_tables.METHOD_SOURCES:
+        source = next((s for s in map(readme_tables._resolve, paths) if s is not None), None)
+        assert source is not None, paths
+        for name in (source.names() if hasattr(source, "names") else list(source)):
+            assert f"`{name}`" in block
