@@ -20,6 +20,7 @@ from .diffusion import samplers as S
 from .diffusion.gaussian import Model, forward_noise, to_model_range, to_uint8
 from .diffusion.schedule import NoiseSchedule
 from .storage import atomic_torch_save, atomic_write_json, safe_torch_load, tensor_hash
+from .validation import check_images
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -67,8 +68,7 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     Chunks of ``batch_size`` run on ``device`` (default: the model's); each finished chunk is
     saved atomically in ``resume_dir`` and reused by a rerun with the same arguments.
     """
-    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
-        raise ValueError(f"expected uint8 images (N,C,H,W), got {images_uint8.dtype} {tuple(images_uint8.shape)}")
+    check_images(images_uint8, name="images_uint8", channels=None, allow_empty=True)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     images = images_uint8.cpu()

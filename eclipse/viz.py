@@ -97,6 +97,62 @@ def amplify_for_display(delta: torch.Tensor, scale: float | None = None) -> torc
     return (0.5 + delta * scale).clamp(0.0, 1.0)
 
 
+def display_gain(*deltas: torch.Tensor, quantile: float = 0.99) -> float:
+    """The ``scale`` for :func:`amplify_for_display` that takes the ``quantile`` of |delta| (all ``deltas``
+    together) to black/white, so about 1% of the values clip at the default; rounded down to two significant
+    digits, so that a label can state the gain exactly. 1.0 when that quantile is 0 (e.g. all-zero deltas)."""
+    if not deltas or not 0 < quantile <= 1:
+        raise ValueError("display_gain needs at least one delta and 0 < quantile <= 1")
+    values = torch.cat([d.detach().abs().flatten().float().cpu() for d in deltas])
+    rank = max(1, math.ceil(quantile * values.numel()))
+    level = float(values.kthvalue(rank).values) if values.numel() else 0.0
+    if not level > 0:
+        return 1.0
+    gain = 0.5 / level
+    digits = 10 ** (math.floor(math.log10(gain)) - 1)
+    return math.floor(gain / digits + 1e-9) * digits
+
+
+def labelled_grid(rows: dict[str, torch.Tensor | Sequence[torch.Tensor]], groups: Sequence[str] | None = None,
+                  title: str | None = None, caption: str | None = None, size: float = 1.2, gap: float = 0.35):
+    """An image grid that says what it shows: one row per entry of ``rows`` with its label written
+    horizontally to the left (break a long one with ``"\\n"``), a ``title`` above and a ``caption`` below
+    (wrapped to the figure's width). A row is one batch of images, or a list of batches shown side by side
+    as groups (a gap between them), titled by ``groups`` over the top row. Returns the figure."""
+    import textwrap
+
+    batches = {label: [v] if isinstance(v, torch.Tensor) else list(v) for label, v in rows.items()}
+    n_groups = max(len(b) for b in batches.values())
+    per = [max((len(b[g]) for b in batches.values() if g < len(b)), default=0) for g in range(n_groups)]
+    ratios = [w for g, k in enumerate(per) for w in [1.0] * k + ([gap] if g < n_groups - 1 else [])]
+    space = 0.06  # between images, a fraction of an image
+    width = size * (sum(ratios) + space * (len(ratios) - 1) * sum(ratios) / len(ratios))
+    height = size * (len(batches) + space * (len(batches) - 1))
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(len(batches), len(ratios), width_ratios=ratios, wspace=space, hspace=space,
+                            left=0, right=1, bottom=0, top=1)
+    starts = [sum(per[:g]) + g for g in range(n_groups)]
+    for r, (label, row) in enumerate(batches.items()):
+        for g, batch in enumerate(row):
+            for c, image in enumerate(to_display(batch)):
+                ax = fig.add_subplot(grid[r, starts[g] + c])
+                ax.imshow(image.numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+        box = grid[r, 0].get_position(fig)
+        fig.text(box.x0 - 0.08 / width, (box.y0 + box.y1) / 2, label, ha="right", va="center", fontsize=9)
+    for g, name in enumerate(groups or []):
+        box = grid[0, starts[g]:starts[g] + per[g]].get_position(fig)
+        fig.text((box.x0 + box.x1) / 2, 1 + 0.05 / height, name, ha="center", va="bottom", fontsize=9)
+    if title:  # above the group titles (9 pt lines, about 0.16 inch each)
+        lines = max((str(name).count("\n") + 1 for name in groups or []), default=0)
+        fig.text(0.5, 1 + (0.1 + 0.16 * lines) / height, title, ha="center", va="bottom", fontsize=10)
+    if caption:
+        wrapped = "\n".join(textwrap.fill(p, max(40, int(width * 72 / 4.2))) for p in caption.split("\n"))
+        fig.text(0, -0.08 / height, wrapped, ha="left", va="top", fontsize=8)
+    return fig
+
+
 def image_grid(rows: dict[str, torch.Tensor], col_titles: Sequence[str] | None = None, size: float = 1.4):
     """A grid with one row per entry of ``rows`` (label -> images of equal count); returns the figure."""
     labels = list(rows)

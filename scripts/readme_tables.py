@@ -132,6 +132,14 @@ def _verdict(effect: float, spread: dict) -> str:
     return "well above it"
 
 
+def _paper_none(paper, label, key: str) -> float | None:
+    """The paper's Table 1 "no defense" value for our attack row (where its text keeps it), else None."""
+    table = getattr(paper, "TABLE1_RESNET18", None)
+    if key != "none" or table is None:
+        return None
+    return _num(table.loc["none"].get(PAPER_ATTACK.get(_base(label))))
+
+
 def _table1(figures: Path, paper) -> tuple[str, dict]:
     t1 = _read(figures, "table1-main-results.csv", index_col=0)
     t3 = _read(figures, "table3-clean-accuracy.csv", index_col=0)
@@ -145,17 +153,20 @@ def _table1(figures: Path, paper) -> tuple[str, dict]:
         attacks.append(_base(label))
         cells = []
         for col, _, key in cols:
-            ref = abc.get(PAPER_ATTACK.get(_base(label))) if key == "eclipse" else None
+            ref = abc.get(PAPER_ATTACK.get(_base(label))) if key == "eclipse" else _paper_none(paper, label, key)
             cells.append(_cell(values[col], ref))
         rows.append([_row_label(label)] + cells)
     avg = t1.loc[[i for i in t1.index if str(i).upper() == "AVG"][0]]
     same = [PAPER_ATTACK[a] for a in attacks if a in PAPER_ATTACK]
     avg_cells = []
     for col, _, key in cols:
+        nones = [_paper_none(paper, a, key) for a in attacks]
         if key == "eclipse" and len(same) == len(attacks):
             avg_cells.append(_cell(avg[col], float(abc[same].mean())))
+        elif key == "none" and all(v is not None for v in nones):
+            avg_cells.append(_cell(avg[col], float(sum(nones) / len(nones))))
         else:
-            avg_cells.append(_cell(avg[col], None, f"~{paper.TABLE1_AVERAGES[key]:.0f} (8 poisons)"))
+            avg_cells.append(_cell(avg[col], None, f"~{paper.TABLE1_AVERAGES[key]:.0f} (8 poisons + ADP)"))
     rows.append([f"AVG ({', '.join(LABEL.get(a, a) for a in attacks)})"] + avg_cells)
     clean = t3.iloc[0]
     rows.append([f"clean (Table 3, {t3.index[0]})"] + [_cell(clean[col], paper.TABLE3_CLEAN.get(key)) for col, _, key in cols])
@@ -288,8 +299,9 @@ def results_block(figures: Path = FIGURES) -> str:
         "model trained 250K iterations and an 80-epoch ResNet-18. Gaps to the paper are expected at this scale;** "
         "what `quick` is meant to show is the paper's effects (which module fixes which poison, which settings "
         "win). Cells read `ours / paper (gap = ours - paper)`; a cell with one number has no paper value. The "
-        "paper's per-poison \"no defense\" row is garbled in our copy of its text, so only its averages over its "
-        "eight poisons are shown (marked \"8 poisons\").")
+        "paper's Table 1 is partly garbled in our copy of its text: its \"no defense\" row keeps URP, LSP and AR "
+        "(`eclipse/paper.py`); for ISS-J only its average over the eight poisons and ADP survives (marked "
+        "\"8 poisons + ADP\").")
     out.append("")
     t1, facts = _table1(figures, paper)
     out.append("**Table 1 and Table 3** (notebook 04, 10,000-image victim; `figures/table1-main-results.csv`, "
@@ -321,18 +333,18 @@ def results_block(figures: Path = FIGURES) -> str:
     out.append("")
     sweeps = [
         _sweep(figures, "fig3-enlargement.csv", "enlargement", "urp", "Fig. 3 (enlargement, URP, I = 300)"),
-        _sweep(figures, "table5-replicas.csv", "M", "urp", "Table 5 (replicas M, URP, I = 300)", paper.TABLE5_REPLICAS),
+        _sweep(figures, "table5-replicas.csv", "M", "urp", "Table 5 (replicas M, URP, I = 300)", paper.TABLE5_BY_ATTACK["URP"]),
         _sweep(figures, "table6-sparse-size.csv", "B", "urp", "Table 6 (sparse set B, URP, I = 300)",
-               paper.TABLE6_SPARSE_FRACTION, key_to_paper=lambda b: float(b) / 50_000, fmt=lambda b: f"{int(b):,}"),
+               paper.TABLE6_BY_ATTACK["URP"], key_to_paper=lambda b: float(b) / 50_000, fmt=lambda b: f"{int(b):,}"),
         _sweep(figures, "fig5a-iterations.csv", "I", "urp", "Fig. 5a (iterations I, URP)", fmt=lambda i: f"{int(i):,}"),
         _sweep(figures, "fig5b-p.csv", "p", "lsp", "Fig. 5b (grayscale p, LSP)"),
         _sweep(figures, "fig5c-sigma.csv", "sigma", "lsp", "Fig. 5c (noise sigma, LSP)"),
-        _sweep(figures, "table7-t-star.csv", "t*", "urp", "Table 7 (t*, URP)", paper.TABLE7_T_STAR),
+        _sweep(figures, "table7-t-star.csv", "t*", "urp", "Table 7 (t*, URP)", paper.TABLE7_BY_ATTACK["URP"]),
     ]
     out.append("**Sparse diffusion and hyper-parameters** (notebooks 02 and 06, 5,000-image sweep victim; "
                "`figures/fig3-enlargement.csv`, `table5-replicas.csv`, `table6-sparse-size.csv`, "
                "`fig5a-iterations.csv`, `fig5b-p.csv`, `fig5c-sigma.csv`, `table7-t-star.csv`). The paper's values "
-               "for Tables 5-7 are its ECLIPSE average over eight poisons (Table 6: B/N = 2% and 4% of 50,000 "
+               "for Tables 5-7 are its ECLIPSE accuracy on the same poison, URP (Table 6: B/N = 2% and 4% of 50,000 "
                "images); Fig. 3 and Fig. 5 are curves in the paper, without numbers to compare:")
     out.append("")
     out.append(_table(["sweep", "setting: ours / paper (gap)"], [row for row, _ in sweeps]))

@@ -289,6 +289,25 @@ def test_residual():
     assert int((res != 0).sum()) == 2
 
 
+def test_residual_energy_table_separates_a_surviving_poison_from_a_removed_one():
+    g = torch.Generator().manual_seed(0)
+    poison = 0.03 * torch.randn(4, 3, 8, 8, generator=g)
+    baseline = 0.01 * torch.randn(4, 3, 8, 8, generator=g)  # what purification does to clean images
+    table = fr.residual_energy_table({"kept": poison, "removed": poison},
+                                     {"kept": baseline + poison, "removed": baseline}, baseline)
+    assert list(table.index) == ["kept", "removed"]
+    assert table.loc["kept", "poison left (cosine)"] == pytest.approx(1.0)
+    assert table.loc["removed", "poison left (cosine)"] == pytest.approx(0.0, abs=1e-6)
+    assert table.loc["kept", "surviving L2"] == pytest.approx(table.loc["kept", "poison L2"], rel=1e-5)
+    assert table.loc["removed", "surviving L2"] == pytest.approx(0.0, abs=1e-6)
+    assert table.loc["removed", "residual L2"] == pytest.approx(table.loc["removed", "clean-purification L2"])
+    assert table.loc["kept", "poison L2"] == pytest.approx(float(poison.flatten(1).norm(dim=1).mean()))
+    with pytest.raises(ValueError, match="same keys"):
+        fr.residual_energy_table({"kept": poison}, {"other": poison}, baseline)
+    with pytest.raises(ValueError, match="same shape"):
+        fr.residual_energy_table({"kept": poison}, {"kept": poison[:2]}, baseline)
+
+
 def test_validation_errors():
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     with pytest.raises(ValueError, match="float"):

@@ -41,13 +41,20 @@ def test_notebook_shape(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_victims_on_attacks_get_the_profiles_attack_setting(path):
-    # The quick profile trains URP's victim without random crop (profile.attack_victim); a notebook that trains
-    # victims itself (eclipse_run / victim_run) rather than through accuracy_grid must pass that setting on, or its
-    # numbers are not comparable with the other notebooks' (02 once trained URP with crop).
-    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    if "eclipse_run(" in code or "victim_run(" in code:
-        assert "attack_victim(" in code, f"{path.name} trains victims without attack_victim(profile, attack)"
+def test_notebooks_call_the_package_in_short_cells(path):
+    # Acceptance rules for the notebooks (issue 13): a notebook's grids come from its profile
+    # (eclipse/profiles.py, Profile.grids), never a per-profile {"smoke": ..., "quick": ..., "paper": ...}
+    # dict of its own; no code cell over 25 lines; no line over 110 characters.
+    import re
+
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    key = lambda name: re.compile(rf"""["']{name}["']\s*:""")  # noqa: E731
+    per_profile = [c.source.splitlines()[0] for c in cells if key("smoke").search(c.source) and key("quick").search(c.source)]
+    assert not per_profile, f"per-profile dicts (move them to the profile's grids): {per_profile}"
+    long_cells = [(len(lines), lines[0]) for lines in (c.source.splitlines() for c in cells) if len(lines) > 25]
+    assert not long_cells, f"code cells over 25 lines: {long_cells}"
+    long_lines = [line for c in cells for line in c.source.splitlines() if len(line) > 110]
+    assert not long_lines, f"lines over 110 characters: {long_lines}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -43,3 +43,32 @@ def test_amplify_for_display():
         amplify_for_display(torch.zeros(2), scale=0)
     with pytest.raises(ValueError, match="float"):
         amplify_for_display(torch.zeros(2, dtype=torch.uint8))
+
+
+def test_display_gain_maps_the_99th_percentile_to_full_range_and_states_it():
+    from eclipse.viz import display_gain
+
+    delta = torch.linspace(-0.02, 0.02, 3 * 32 * 32).reshape(1, 3, 32, 32)
+    gain = display_gain(delta, delta * 0.5)  # all deltas together
+    assert gain == float(f"{gain:.2g}")  # two significant digits, so a label can state it exactly
+    values = torch.cat([delta, delta * 0.5]).abs().flatten()
+    level = float(values.kthvalue(int(0.99 * values.numel())).values)  # the 99th percentile
+    assert 0.9 * 0.5 / level <= gain <= 0.5 / level  # takes it to black/white (less the rounding)
+    assert float((values * gain > 0.5).float().mean()) <= 0.01
+    assert display_gain(torch.full((1, 3, 2, 2), 0.5 / 123.4)) == 120  # rounded down
+    assert display_gain(torch.zeros(1, 3, 4, 4)) == 1.0
+    with pytest.raises(ValueError):
+        display_gain()
+
+
+def test_labelled_grid_draws_groups_labels_title_and_caption():
+    from eclipse.viz import labelled_grid
+
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    fig = labelled_grid({"URP\n(x12)": [images, images.float() / 255], "LSP (x3)": [images, images]},
+                        groups=["poison", "left"], title="Fig. 6", caption="one gain per row")
+    texts = [t.get_text() for t in fig.texts]
+    assert len(fig.axes) == 8 and {"URP\n(x12)", "LSP (x3)", "poison", "left", "Fig. 6"} <= set(texts)
+    assert any("one gain per row" in t for t in texts)
+    import matplotlib.pyplot as plt
+    plt.close(fig)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..seeding import default_device, make_generator
 from ..storage import tensor_hash
+from ..validation import check_images
 from .checkpoints import DiffusionSettings, load_checkpoint, save_checkpoint, schedule_from_settings
 from .gaussian import to_model_range, training_losses
 from .unet import UNetConfig, UNetModel, build_unet
@@ -170,8 +171,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
     loss raises ``FloatingPointError`` and leaves the last good checkpoint in place. ``on_step``
     is called after each optimiser step with (step, model).
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (N,C,H,W), got {images.dtype} {tuple(images.shape)}")
+    check_images(images, channels=None)
     if images.shape[-1] != cfg.unet.image_size:
         raise ValueError(f"images are {images.shape[-1]} px but unet.image_size={cfg.unet.image_size}")
     device = torch.device(device) if device is not None else default_device()

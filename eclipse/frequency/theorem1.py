@@ -169,7 +169,7 @@ def gaussian_kl_divergence_check(
     return frame
 
 
-def poison_subspace(clean_uint8: torch.Tensor, poisoned_uint8: torch.Tensor, dims: int = 8) -> torch.Tensor:
+def poison_subspace(clean_uint8: torch.Tensor, poisoned_uint8: torch.Tensor, dims: int = 16) -> torch.Tensor:
     """Orthonormal basis ``(k, C*H*W)`` of where the poison lives, ``k = min(dims, rank)``: the top right
     singular vectors of the (uncentred) poison deltas ``poisoned - clean``.
 
@@ -191,10 +191,9 @@ def _orthonormal_rows(direction: torch.Tensor, features: int) -> torch.Tensor:
     """``direction`` (``(k, D)``, ``(D,)`` or ``(k, C, H, W)``) as orthonormal float64 rows spanning it."""
     if not isinstance(direction, torch.Tensor) or not torch.is_floating_point(direction):
         raise ValueError("direction must be a float tensor (k, C*H*W), (C*H*W,) or (k, C, H, W)")
-    rows = direction.detach().to("cpu", torch.float64).reshape(-1, features) if direction.numel() % features == 0 \
-        else None
-    if rows is None or rows.shape[0] == 0 or not torch.isfinite(rows).all():
+    if direction.numel() == 0 or direction.numel() % features or not torch.isfinite(direction).all():
         raise ValueError(f"direction must hold finite vectors of {features} values, got shape {tuple(direction.shape)}")
+    rows = direction.detach().to("cpu", torch.float64).reshape(-1, features)
     q, r = torch.linalg.qr(rows.T)
     keep = r.diagonal().abs() > 1e-9 * float(r.diagonal().abs().max())
     if not bool(keep.any()):
@@ -220,9 +219,10 @@ def sample_divergence(
     The images are split at random (``seed``) into two halves A and B. At each level, noised samples
     ``x_t = sqrt(abar) x + sqrt(1 - abar) e`` (on [-1, 1]; with ``noise_stds``, ``x + s e`` on [0, 1]) are
     drawn of clean A (q), of poisoned B (p) and of clean B (the null), and projected onto ``direction``
-    (orthonormalised; default :func:`poison_subspace` of half A's poison deltas, ``dims`` directions). The projected noise is drawn
-    directly in the subspace: for an orthonormal basis the projection of isotropic pixel noise is exactly
-    ``N(0, s^2 I_k)``. Gaussians are fitted to the projected samples (covariance + ``ridge``) and compared:
+    (orthonormalised; default :func:`poison_subspace` of half A's poison deltas, ``dims`` directions, so the
+    subspace is not fitted to the samples it is measured on). The noise is drawn directly in the subspace: for
+    an orthonormal basis the projection of isotropic pixel noise is exactly ``N(0, s^2 I_k)``. Gaussians are
+    fitted to the projected samples (covariance + ``ridge``) and compared:
 
     - ``divergence`` = KL(fit(poisoned B) || fit(clean A)): poison plus estimator noise;
     - ``baseline`` = KL(fit(clean B) || fit(clean A)): the same estimate for clean against clean (other
