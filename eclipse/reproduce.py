@@ -61,7 +61,10 @@ def reproduce(profile: str = "quick", *, only: list[str] | None = None, run_dir:
     bar = tqdm(paths, desc=f"reproduce [{profile}]", unit="notebook")
     for path in bar:
         bar.set_postfix_str(path.stem)
-        params = {"profile": profile, "seed": seed, "figures_dir": str(figures_dir), **(parameters or {})}
+        params = {"profile": profile, "seed": seed, "figures_dir": str(figures_dir)}
+        if "interactive" in pm.inspect_notebook(str(path)):
+            params["interactive"] = False  # headless: no widget panels (-p interactive true keeps them)
+        params.update(parameters or {})
         out = run_dir / path.name
         commit = git_commit()  # per notebook: the code it ran with, even if the tree changes during a long run
         tick = time.perf_counter()

@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attack", default="urp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--points", nargs="+", choices=list(points("quick")),
-                        help="the points of notebook 02's grid to run (default: all; labels as under quick)")
+    parser.add_argument("--points", nargs="+", metavar="POINT",
+                        help="the points of notebook 02's grid to run (default: all), e.g. enlargement=crop M=0 I=1200 "
+                             f"(under quick: {', '.join(points('quick'))})")
     parser.add_argument("--name", default="quick-victim-seed-spread")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the CSV and manifest (default figures/)")
     args = parser.parse_args(argv)
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     profile = sweep_profile(get_profile(args.profile))
     sets = clean_data(profile)
     poisoned = poisoned_set(sets["train"], args.attack, profile.seed)
+    unknown = sorted(set(args.points or []) - set(points(profile)))
+    if unknown:
+        parser.error(f"--points {' '.join(unknown)}: not in the {profile.name} grid ({', '.join(points(profile))})")
     rows = []
     for label, overrides in points(profile).items():
         if args.points and label not in args.points:

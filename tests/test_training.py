@@ -140,4 +140,5 @@ def test_paper_resnet18_size():
 def test_smoke_profile_runs(small_sets):
     train, evaluation = small_sets
     result = training.train_victim(train, evaluation, SMOKE.victim, seed=0, progress=False)
-    assert len(result["log"]) == SMOKE.victim.epochs and 0 <= result["test_acc"] <= 100 and result["log"][-1]["loss"] > 0
+    assert len(result["log"]) == SMOKE.victim.epochs
+    assert result["log"][-1]["loss"] < result["log"][0]["loss"]  # it learns something even at smoke scale
