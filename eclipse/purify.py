@@ -41,12 +41,9 @@ def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_s
     (``stage`` ``"reverse"``, with ``i``, ``t``, ``x``, ``pred_xstart``)."""
     spec = S.SAMPLERS[sampler]  # unknown names fail before any noise is drawn
     x_t = forward_noise(schedule, x0, t_star, generator)
-    reverse = None
     if callback is not None:
         callback({"stage": "noised", "i": t_star - 1, "t": t_star - 1, "x": x_t, "pred_xstart": None})
-
-        def reverse(state: dict) -> None:
-            callback({"stage": "reverse", **state})
+    reverse = None if callback is None else lambda state: callback({"stage": "reverse", **state})
     options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse)
     return spec.fn(model, schedule, x_t, t_star - 1, generator, options)
 

@@ -5,12 +5,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from eclipse.reproduce import NOTEBOOK_DIR, notebook_paths, reproduce
+from eclipse.reproduce import notebook_paths, reproduce
 
 MARK = "# NBVAL_CHECK_OUTPUT"
 NOTEBOOKS = notebook_paths()
