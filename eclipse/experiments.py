@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import cached
+from .artifacts import ARTIFACT_CODE, cached, code_identity
 from .data import ImageSet, load_cifar10, split_test, train_subset
 from .defenses import make_defense
 from .profiles import Profile, get_profile
@@ -113,7 +113,9 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
     inputs = {"sparse": digest(sparse), "config": identity}
     # The learning rate is constant, so a longer run of the same configuration continues exactly where the
     # longest shorter cached run stopped (Fig. 5a's iteration sweep then costs one training of the largest I).
-    lineage = config_key({**inputs, "config": {k: v for k, v in identity.items() if k != "iterations"}})
+    # (the lineage includes the code identity: a run made by other training code is never continued)
+    lineage = config_key({**inputs, "config": {k: v for k, v in identity.items() if k != "iterations"},
+                          "code": code_identity(*ARTIFACT_CODE["diffusion"])})
     started: dict = {}
 
     def compute(folder: Path):
