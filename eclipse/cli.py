@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .data import DataError
+from .errors import DataError
+from .outputs import check_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,33 @@ def _profile(args: argparse.Namespace):
 
     profile = get_profile(args.profile)
     return profile.with_overrides(seed=args.seed) if getattr(args, "seed", None) is not None else profile
+
+
+def _int_at_least(low: int):
+    """argparse type: a whole number >= ``low`` (``--steps 0`` is an error, not "all steps")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+    return parse
+
+
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
+
+
+def _unit_float(text: str) -> float:
+    """argparse type: a finite number in [0, 1] (``nan`` and ``inf`` are errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
 
 
 def _say(text: str) -> None:
@@ -144,6 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .experiments import clean_data
 
     profile = _profile(args)
+    check_output(args.out, [args.data])
     _say(f"reading CIFAR-10 and drawing the {profile.name} profile's sets ...")
     dataset = clean_data(profile, args.data)[args.set]
     path = save_images(dataset, args.out)
@@ -156,6 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .experiments import clean_data, victim_run
 
     profile = _profile(args)
+    if args.out:
+        check_output(args.out, [args.dataset, args.data], suffixes=(".json",))
     sets = clean_data(profile, args.data)
     train = _load_dataset(args.dataset) if args.dataset else sets["train"]
     _check_same_classes(train, sets["eval"], args.dataset or "the training set")
@@ -233,6 +264,7 @@ def cmd_poison(args: argparse.Namespace) -> int:
     from .experiments import clean_data, poisoned_set
 
     profile = _profile(args)
+    check_output(args.out, [args.data])
     started = time.perf_counter()
     _say(f"reading CIFAR-10 and drawing the {profile.name} profile's training subset ...")
     clean = clean_data(profile, args.data)["train"]
@@ -358,6 +390,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     profile = _eclipse_profile(args)
+    check_output(args.out, [args.input, args.checkpoint, args.config, args.resume_dir, args.data])
     device = set_default_device(resolve_device(args.device))
     dataset = _load_dataset(args.input)
     model, schedule, _ = _purifier(args, profile, device)
@@ -382,8 +415,12 @@ def cmd_defend(args: argparse.Namespace) -> int:
     if args.dataset and args.attack:
         raise ValueError("give either --dataset (your training set) or --attack (poison the profile's subset), not both")
     profile = _eclipse_profile(args)
-    device = set_default_device(resolve_device(args.device))  # purification and the victim run there
     spec = module_spec(args.modules)
+    if args.out and not spec.purify:
+        raise ValueError(f"--out writes the purified set, but modules {spec.name} do not purify (no A)")
+    if args.out:
+        check_output(args.out, [args.dataset, args.sparse_set, args.checkpoint, args.config, args.data])
+    device = set_default_device(resolve_device(args.device))  # purification and the victim run there
     if args.dataset:
         dataset, where = _load_dataset(args.dataset), args.dataset
     else:
@@ -405,8 +442,6 @@ def cmd_defend(args: argparse.Namespace) -> int:
         purified = purified_set(dataset, profile, *purifier)
         if args.out:
             summary["purified_set"] = str(save_images(purified, args.out))
-    elif args.out:
-        raise ValueError(f"--out writes the purified set, but modules {spec.name} do not purify (no A)")
     if args.train:
         if args.dataset:
             _check_same_classes(dataset, clean_data(profile, args.data)["eval"], args.dataset)
@@ -506,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_choices(reg["defenses"]))
     p.add_argument("--arch", default=None, choices=reg["victims"].names(), metavar="ARCH",
                    help=f"victim network (default: the profile's): {_choices(reg['victims'])}")
-    p.add_argument("--width", type=int, default=None, help="victim base width (64 = standard; default: the profile's)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the profile's)")
+    p.add_argument("--width", type=_positive_int, default=None, help="victim base width (64 = standard; default: the profile's)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the profile's)")
     p.add_argument("--out", help="write the full result JSON (per-epoch log included) here")
 
     p = command("table", cmd_table, "attacks x defenses accuracy table, CSV/Markdown + manifest")
@@ -533,11 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(p)
     p.add_argument("--sparse-set", default=None, metavar="FILE",
                    help="train on your own clean images (default: a class-balanced draw from the defender pool)")
-    p.add_argument("--sparse-size", type=int, default=None, help="B, clean images drawn from the pool (default: the profile's)")
-    p.add_argument("--replicas", type=int, default=None, help="M, the sparse set is repeated M+1 times (default: the profile's)")
+    p.add_argument("--sparse-size", type=_positive_int, default=None, help="B, clean images drawn from the pool (default: the profile's)")
+    p.add_argument("--replicas", type=_count, default=None, help="M, the sparse set is repeated M+1 times (default: the profile's)")
     p.add_argument("--enlargement", default=None, choices=["replicate", "crop", "flip", "rotation", "mixup"],
                    help="how the sparse set is enlarged (Fig. 3; default: replicate)")
-    p.add_argument("--iterations", type=int, default=None, help="training iterations I (default: the profile's)")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="training iterations I (default: the profile's)")
 
     def eclipse_args(p: argparse.ArgumentParser, compensation: bool) -> None:
         model = p.add_argument_group("diffusion model (default: the profile's, trained on its sparse set)")
@@ -547,14 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--sparse-set", default=None, metavar="FILE",
                            help="your own clean images: train the diffusion model on them (cached)")
         knobs = p.add_argument_group("ECLIPSE settings (default: the profile's; see `eclipse.method.settings`)")
-        knobs.add_argument("--t-star", type=int, default=None, help="purification depth t* (paper: 100 of T=4000)")
+        knobs.add_argument("--t-star", type=_positive_int, default=None, help="purification depth t* (paper: 100 of T=4000)")
         knobs.add_argument("--sampler", default=None, choices=reg["samplers"].names(), metavar="SAMPLER",
                            help=_choices(reg["samplers"]))
-        knobs.add_argument("--steps", type=int, default=None, help="reverse steps for respaced/ddim (1..t*)")
+        knobs.add_argument("--steps", type=_positive_int, default=None, help="reverse steps for respaced/ddim (1..t*)")
         if compensation:
-            knobs.add_argument("--gray-p", type=float, default=None, help="module B: grayscale probability (paper 0.4)")
-            knobs.add_argument("--sigma", type=float, default=None, help="module C: Gaussian noise std (paper 0.05)")
-        knobs.add_argument("--batch-size", type=int, default=None, help="images purified at once (default: the profile's)")
+            knobs.add_argument("--gray-p", type=_unit_float, default=None, help="module B: grayscale probability (paper 0.4)")
+            knobs.add_argument("--sigma", type=_unit_float, default=None, help="module C: Gaussian noise std (paper 0.05)")
+        knobs.add_argument("--batch-size", type=_positive_int, default=None, help="images purified at once (default: the profile's)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
     p = command("purify", cmd_purify, "purify a dataset file with a diffusion model (module A alone)")
@@ -562,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="dataset to purify (.pkl/.npz/folder)")
     p.add_argument("--out", required=True, help=".pkl (ECLIPSE format, input order kept), .npz or a folder (PNG)")
     eclipse_args(p, compensation=False)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim sampler only)")
+    p.add_argument("--eta", type=_unit_float, default=0.0, help="DDIM eta (ddim sampler only)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the purification noise (the official code's)")
     p.add_argument("--resume-dir", default=None, help="folder for finished chunks (resume after interruption)")
 
@@ -589,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures-dir", default=None,
                    help="where figures and tables go (default: <run-dir>/figures; the repository's figures/ only "
                         "when named, as scripts/reproduce.sh does)")
-    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    p.add_argument("--timeout", type=_positive_int, default=None, help="per-cell timeout in seconds (default: none)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (papermill's -p; VALUE is read as YAML, e.g. -p attacks '[lsp, ar]')")
 
@@ -601,17 +636,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: object) -> int:
+    print(f"eclipse: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line ``eclipse: error: <file>: <what>`` and exit status 2;
+    Ctrl-C exits 130 (atomic writes leave no partial output). ``ECLIPSE_DEBUG=1`` shows tracebacks."""
+    import os
+
     from .seeding import set_default_device
 
-    args = build_parser().parse_args(argv)
+    debug = os.environ.get("ECLIPSE_DEBUG") == "1"
     try:
+        args = build_parser().parse_args(argv)
         return args.fn(args)
-    except (DataError, ValueError, KeyError, NotImplementedError, FloatingPointError, RuntimeError,
-            FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"eclipse: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("eclipse: interrupted (no partial output is left behind)", file=sys.stderr)
+        return 130
+    except (DataError, ValueError, KeyError, NotImplementedError, FloatingPointError, RuntimeError) as err:
+        if debug:
+            raise
+        return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except OSError as err:
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        return _error(f"{where}{err.strerror or err}")
+    except MemoryError:
+        if debug:
+            raise
+        return _error("out of memory (an input asks for more than this machine has; try --batch-size)")
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        return _error(f"unexpected {type(err).__name__}: {err} (ECLIPSE_DEBUG=1 shows the traceback; please report it)")
     finally:
         set_default_device(None)  # --device holds for one command (matters when main() is called in-process)
 

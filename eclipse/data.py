@@ -12,14 +12,15 @@ Readable sources (:func:`load_images` picks by what the path is):
 - a perturbation tensor (``.pt``/``.npy``, per-sample or per-class) via
   :func:`eclipse.perturbations.apply_perturbation`.
 
-Decoded image folders are cached as ``.pt`` files keyed by the source's size and modification time.
+Decoded image folders are cached as ``.pt`` files keyed by the source's content (sha256). Every reader is
+bounded by the file's size (:mod:`eclipse.bounded`, :mod:`eclipse.safe_pickle`, :mod:`eclipse.limits`).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,7 +28,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .storage import atomic_torch_save, atomic_write_bytes, cache_dir, config_key, safe_torch_load
+from .bounded import check_npy_header, decode_image, read_regular_file, tar_image_members
+from .errors import DataError
+from .limits import expansion_budget
+from .safe_pickle import NUMPY_GLOBALS, RELEASE_GLOBALS, restricted_load
+from .storage import (TEMP_SUFFIX, atomic_torch_save, atomic_write_bytes, cache_dir, clean_stale_temps, config_key,
+                      safe_torch_load)
 from .validation import check_images, check_labels
 
 CIFAR10_CLASSES = (
@@ -37,10 +43,6 @@ IMAGE_SHAPE = (3, 32, 32)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 DEFENDER_POOL_PER_CLASS = 200  # test images per class reserved for the defender (2,000 = paper's B)
 POOL_SEED = 0
-
-
-class DataError(ValueError):
-    """A dataset file is missing, malformed or inconsistent. The message names the file."""
 
 
 @dataclass
@@ -155,50 +157,55 @@ def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSe
                     f"perturbation .pt/.npy files go through eclipse.perturbations.apply_perturbation)")
 
 
-def _source_stamp(path: Path) -> list:
-    """Size and modification time of a file, or of every file under a folder (a folder's own mtime
-    does not change when files deeper inside are rewritten)."""
-    if path.is_file():
-        stat = path.stat()
-        return [stat.st_size, stat.st_mtime_ns]
-    return sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in path.rglob("*") if f.is_file())
+def _content_key(path: Path) -> str:
+    """sha256 of a file's bytes, or of every image (or batch) file's relative name and bytes under a folder (the decode
+    cache is keyed on content: a same-size copy made with ``cp -p`` is not mistaken for the original).
+    Memoised per process on (inode, size, mtime, ctime), which a copy cannot keep."""
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS + ("", ".meta") and f.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        info = file.stat()
+        stamp = (str(file.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if stamp not in _HASHES:
+            h = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    h.update(block)
+            _HASHES[stamp] = h.hexdigest()
+        digest.update(f"{file.relative_to(path) if file != path else ''}\0{_HASHES[stamp]}\0".encode())
+    return digest.hexdigest()
+
+
+_HASHES: dict[tuple, str] = {}
 
 
 def _cached(path: Path, split: str | None, reader) -> ImageSet:
-    key = config_key({"path": str(path.resolve()), "stamp": _source_stamp(path), "split": split,
-                      "reader": reader.__name__, "version": 1})
+    """Decode ``path`` with ``reader`` once; later loads of the same content come from the cache."""
+    key = config_key({"content": _content_key(path), "split": split, "reader": reader.__name__, "version": 2})
     target = cache_dir() / "decoded" / f"{path.name.split('.')[0]}-{split or 'all'}-{key}.pt"
     if target.exists():
-        blob = safe_torch_load(target)
-        return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]), str(path), {"split": split})
+        try:
+            blob = safe_torch_load(target)
+            return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]), str(path), {"split": split})
+        except (ValueError, KeyError, TypeError):
+            target.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     images, labels, classes = reader(path, split)
     result = ImageSet(images, labels, tuple(classes), str(path), {"split": split})
     atomic_torch_save({"images": images, "labels": labels, "classes": list(classes)}, target)
     return result
 
 
-def _decode_image(payload: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(payload)) as img:
-            arr = np.asarray(img.convert("RGB"))
-    except Exception as err:  # noqa: BLE001
-        raise DataError(f"{where}: cannot decode image ({err})") from err
-    if arr.shape != (32, 32, 3):
-        raise DataError(f"{where}: image must be 32x32 RGB, got shape {arr.shape}")
-    return arr
-
-
-def _collect(entries: Iterable[tuple[str, str, bytes]], where: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _collect(entries: Iterable[tuple[str, str, bytes]], where: Path,
+             split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """entries: (class name, file name, bytes). Classes sorted (CIFAR-10's order is alphabetical)."""
     items = sorted(entries, key=lambda e: (e[0], e[1]))
     if not items:
-        raise DataError(f"{where}: no images found (expected [split/]<class>/<image> entries)")
+        layout = f"{split}/<class>/<image>" if split else "[split/]<class>/<image>"
+        raise DataError(f"{where}: no images found (expected {layout} entries)")
     classes = sorted({c for c, _, _ in items})
     index = {c: i for i, c in enumerate(classes)}
-    arrays = [_decode_image(blob, f"{where}:{c}/{n}") for c, n, blob in items]
+    arrays = [decode_image(blob, f"{where}:{c}/{n}") for c, n, blob in items]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([index[c] for c, _, _ in items], dtype=torch.int64)
     return images, labels, classes
@@ -215,20 +222,11 @@ def _split_parts(rel: list[str], split: str | None) -> tuple[str, str] | None:
 
 def _read_image_tar(path: Path, split: str | None):
     entries = []
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                rel = [p for p in member.name.split("/") if p not in ("", ".")]
-                parts = _split_parts(rel, split)
-                if parts is None:
-                    continue
-                handle = tar.extractfile(member)
-                entries.append((parts[0], parts[1], handle.read() if handle else b""))
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise DataError(f"{path}: not a readable tar archive ({err})") from err
-    return _collect(entries, path)
+    for name, payload in tar_image_members(path, IMAGE_EXTENSIONS):
+        parts = _split_parts([p for p in name.split("/") if p not in ("", ".")], split)
+        if parts is not None:
+            entries.append((parts[0], parts[1], payload))
+    return _collect(entries, path, split)
 
 
 def _read_image_folder(path: Path, split: str | None):
@@ -237,55 +235,25 @@ def _read_image_folder(path: Path, split: str | None):
         if not (path / split).is_dir():
             raise DataError(f"{path}: no '{split}' folder (expected {path}/{split}/<class>/<image>)")
         root = path / split
-    entries = [(f.parent.name, f.name, f.read_bytes())
+    entries = [(f.parent.name, f.name, read_regular_file(f))
                for f in root.glob("*/*") if f.suffix.lower() in IMAGE_EXTENSIONS]
     return _collect(entries, root)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only builtin containers, bytes, ints (and the few globals ``allowed`` names)."""
-
-    def __init__(self, handle, source: str, allowed: frozenset[tuple[str, str]]):
-        super().__init__(handle, encoding="bytes")
-        self._source = source
-        self._allowed = allowed
-
-    def find_class(self, module: str, name: str):  # noqa: D401
-        if (module, name) in self._allowed:
-            return super().find_class(module, name)
-        raise DataError(f"{self._source}: refusing to unpickle {module}.{name} "
-                        f"(only plain lists, tuples, bytes and ints are accepted)")
-
-
-# protocol 2 pickles encode bytes through _codecs.encode; it only builds a bytes object.
-_RELEASE_GLOBALS = frozenset({("_codecs", "encode")})
-_NUMPY_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),
-})
-
-
-def restricted_load(path: Path, allowed: frozenset[tuple[str, str]] = _RELEASE_GLOBALS):
-    """Unpickle ``path`` admitting only the globals in ``allowed``; never runs arbitrary code."""
-    try:
-        with open(path, "rb") as handle:
-            return _RestrictedUnpickler(handle, str(path), allowed).load()
-    except DataError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            MemoryError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a valid pickle ({type(err).__name__}: {err})") from err
-
-
 def read_release_pickle(path: str | os.PathLike) -> ImageSet:
-    """The ECLIPSE release format: a pickled list of ``(32*32*3 RGB bytes, label)`` tuples."""
+    """The ECLIPSE release format: a pickled list of ``(32*32*3 RGB bytes, label)`` tuples.
+
+    Read by :func:`eclipse.safe_pickle.restricted_load`; a list claiming more images than the file's bytes
+    could hold (memo references repeat one entry) is refused before anything is allocated for it."""
     path = Path(path)
-    obj = restricted_load(path)
+    obj = restricted_load(path, RELEASE_GLOBALS)
     if not isinstance(obj, (list, tuple)) or len(obj) == 0:
         raise DataError(f"{path}: expected a non-empty list of (bytes, label) tuples, got {type(obj).__name__}")
     n = len(obj)
+    size = path.stat().st_size
+    if n * 3072 > size:
+        raise DataError(f"{path}: lists {n:,} images, but {n:,} x 3072 bytes cannot fit in its {size:,} bytes "
+                        "(entries repeated through pickle memo references)")
     buffer = bytearray(n * 3072)
     labels = np.empty(n, dtype=np.int64)
     for i, item in enumerate(obj):
@@ -294,49 +262,79 @@ def read_release_pickle(path: str | os.PathLike) -> ImageSet:
             raise DataError(f"{path}: entry {i} is not a (bytes, int) pair")
         if len(item[0]) != 3072:
             raise DataError(f"{path}: entry {i} holds {len(item[0])} bytes, expected 3072 (32x32 RGB)")
+        if not 0 <= item[1] < len(CIFAR10_CLASSES):
+            raise DataError(f"{path}: entry {i} has label {_short(item[1])}, expected 0..{len(CIFAR10_CLASSES) - 1}")
         buffer[i * 3072:(i + 1) * 3072] = item[0]
         labels[i] = item[1]
     images = torch.frombuffer(buffer, dtype=torch.uint8).view(n, 32, 32, 3).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.from_numpy(labels), source=str(path), meta={"format": "eclipse-pickle"})
 
 
+def _short(value: int) -> str:
+    """An int for a message: its digits, or its size when it is absurdly long."""
+    return str(value) if value.bit_length() <= 64 else f"of {value.bit_length()} bits"
+
+
 def _read_cifar_batches(path: Path, split: str):
+    if split not in ("train", "test"):
+        raise DataError(f"{path}: a cifar-10-batches-py folder has the splits train and test, not {split!r}")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     chunks, labels = [], []
     for name in names:
         file = path / name
         if not file.exists():
             raise DataError(f"{file}: missing CIFAR-10 batch file")
-        blob = restricted_load(file, _NUMPY_GLOBALS)
+        blob = restricted_load(file, NUMPY_GLOBALS)
         if not isinstance(blob, dict) or b"data" not in blob or b"labels" not in blob:
             raise DataError(f"{file}: not a CIFAR-10 batch (no data/labels)")
-        data = np.asarray(blob[b"data"], dtype=np.uint8)
+        data, batch_labels = blob[b"data"], blob[b"labels"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{file}: data must be a uint8 array, got {kind} (values are not wrapped modulo 256)")
         if data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{file}: data must be (N, 3072), got {data.shape}")
+        if not isinstance(batch_labels, (list, tuple)) or len(batch_labels) != data.shape[0]:
+            raise DataError(f"{file}: needs one label per image ({data.shape[0]} images)")
+        for i, v in enumerate(batch_labels):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < len(CIFAR10_CLASSES):
+                raise DataError(f"{file}: label {i} is {_short(v) if isinstance(v, int) else type(v).__name__}, "
+                                f"expected 0..{len(CIFAR10_CLASSES) - 1}")
         chunks.append(data.reshape(-1, 3, 32, 32))
-        labels.extend(int(v) for v in blob[b"labels"])
+        labels.extend(int(v) for v in batch_labels)
     images = torch.from_numpy(np.concatenate(chunks))
     return images, torch.tensor(labels, dtype=torch.int64), list(CIFAR10_CLASSES)
 
 
 def read_npz(path: str | os.PathLike) -> ImageSet:
-    """``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets`` (ints); pickles are refused."""
+    """``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets`` (ints); pickles are refused, and each
+    member's header must fit its size within the file's expansion budget (no zip bombs)."""
     path = Path(path)
+    budget = expansion_budget(path.stat().st_size)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "data" not in npz or "targets" not in npz:
                 raise DataError(f"{path}: .npz must hold 'data' and 'targets', found {sorted(npz.files)}")
+            for member in ("data", "targets"):
+                info = npz.zip.getinfo(f"{member}.npy")
+                if info.file_size > budget:
+                    raise DataError(f"{path}: member {member} expands to {info.file_size:,} bytes, more than its "
+                                    f"{path.stat().st_size:,}-byte file may hold ({budget:,}; a zip bomb?)")
+                with npz.zip.open(info) as handle:
+                    check_npy_header(handle, info.file_size, f"{path}:{member}")
             data, targets = npz["data"], npz["targets"]
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - zip/format errors of many kinds
-        raise DataError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
     if data.dtype != np.uint8:
         raise DataError(f"{path}: 'data' must be uint8, got {data.dtype}")
     if data.ndim == 4 and data.shape[-1] == 3 and data.shape[1] != 3:
         data = data.transpose(0, 3, 1, 2)
     if not np.issubdtype(targets.dtype, np.integer):
         raise DataError(f"{path}: 'targets' must be integers, got {targets.dtype}")
+    if targets.ndim == 1 and targets.size and (targets.min() < 0 or targets.max() >= len(CIFAR10_CLASSES)):
+        raise DataError(f"{path}: 'targets' must lie in 0..{len(CIFAR10_CLASSES) - 1}, got range "
+                        f"{_short(int(targets.min()))}..{_short(int(targets.max()))}")
     images = torch.from_numpy(np.ascontiguousarray(data))
     return ImageSet(images, torch.from_numpy(targets.astype(np.int64)), source=str(path), meta={"format": "npz"})
 
@@ -372,7 +370,8 @@ def _save_image_folder(dataset: ImageSet, path: Path) -> Path:
     if path.exists():
         raise DataError(f"{path}: already exists; ImageFolder output goes to a new folder (nothing was overwritten)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    clean_stale_temps(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX))
     try:
         width = len(str(len(dataset)))
         for i, (image, label) in enumerate(zip(dataset.images, dataset.labels.tolist())):

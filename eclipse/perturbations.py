@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bounded import check_npy_header
 from .data import IMAGE_SHAPE, DataError, ImageSet
 from .storage import safe_torch_load
 
@@ -22,7 +23,11 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if path.suffix == ".npy":
         try:
+            with open(path, "rb") as handle:  # the header's shape must fit the bytes behind it
+                check_npy_header(handle, path.stat().st_size, str(path))
             delta = torch.from_numpy(np.load(path, allow_pickle=False))
+        except DataError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise DataError(f"{path}: not a readable .npy ({type(err).__name__}: {err})") from err
     elif path.suffix == ".pt":
@@ -51,11 +56,24 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
     return delta
 
 
-def apply_perturbation(base: ImageSet, delta: torch.Tensor, source: str = "<perturbation>") -> ImageSet:
-    """Add ``delta`` (per-sample, or per-class indexed by label) to ``base``, then clip and quantise."""
-    if delta.shape[0] == len(base):
+def apply_perturbation(base: ImageSet, delta: torch.Tensor, source: str = "<perturbation>", *,
+                       per: str = "auto") -> ImageSet:
+    """Add ``delta`` to ``base``, then clip and quantise.
+
+    ``per``: ``"sample"`` (``delta[i]`` for image ``i``), ``"class"`` (``delta[label]``), or ``"auto"``, which
+    reads the count; a count that fits both (N images == K classes) is ambiguous and must be named.
+    """
+    fits_sample, fits_class = delta.shape[0] == len(base), delta.shape[0] == len(base.classes)
+    if per not in ("auto", "sample", "class"):
+        raise ValueError(f"per must be 'auto', 'sample' or 'class', got {per!r}")
+    if per == "auto" and fits_sample and fits_class:
+        raise DataError(f"{source}: {delta.shape[0]} perturbations fit both the {len(base)} images and the "
+                        f"{len(base.classes)} classes of {base.source}; say per='sample' or per='class'")
+    if per == "sample" or (per == "auto" and fits_sample):
+        if not fits_sample:
+            raise DataError(f"{source}: {delta.shape[0]} perturbations, but {base.source} holds {len(base)} images")
         per_image = delta
-    elif delta.shape[0] == len(base.classes):
+    elif fits_class:
         per_image = delta[base.labels]
     else:
         raise DataError(f"{source}: {delta.shape[0]} perturbations fit neither the {len(base)} images "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .diffusion import samplers as S
 from .diffusion.gaussian import Model, forward_noise, to_model_range, to_uint8
 from .diffusion.schedule import NoiseSchedule
-from .storage import atomic_torch_save, atomic_write_json, safe_torch_load, tensor_hash
+from .storage import atomic_torch_save, atomic_write_json, config_key, safe_torch_load, tensor_hash
 from .validation import check_images
 
 
@@ -76,17 +76,27 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     n = images.shape[0]
     starts = list(range(0, n, batch_size))
     folder = Path(resume_dir) if resume_dir is not None else None
+    S.SamplerOptions(steps=steps, eta=eta)  # bad settings fail before any work
+    manifest = dict(n=n, shape=list(images.shape), images=tensor_hash(images), t_star=t_star,
+                    sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                    model=_model_fingerprint(model) if folder is not None else "-", betas=tensor_hash(schedule.betas),
+                    device=device.type, autocast=str(autocast_dtype))
     if folder is not None:
-        _check_manifest(folder, dict(n=n, shape=list(images.shape), images=tensor_hash(images), t_star=t_star,
-                                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
-                                     model=_model_fingerprint(model), betas=tensor_hash(schedule.betas),
-                                     device=device.type, autocast=str(autocast_dtype)))
+        _check_manifest(folder, manifest)
+    run_key = config_key(manifest)
     out = torch.empty_like(images)
     for ci, start in enumerate(tqdm(starts, disable=not progress, desc=f"purify t*={t_star} {sampler}")):
         stop = min(start + batch_size, n)
         path = folder / f"chunk_{ci:06d}.pt" if folder is not None else None
+        # a chunk is bound to this run, its index and its input images: a valid chunk of another run, or
+        # of another place in this one, copied over it is recomputed, never spliced into the result
+        binding = f"{run_key}:{ci}:{tensor_hash(images[start:stop])}"
         if path is not None and path.exists():
-            chunk = safe_torch_load(path)
+            try:
+                saved = safe_torch_load(path)
+            except ValueError:
+                saved = None
+            chunk = saved.get("purified") if isinstance(saved, dict) and saved.get("binding") == binding else None
             if isinstance(chunk, torch.Tensor) and chunk.dtype == torch.uint8 and chunk.shape == images[start:stop].shape:
                 out[start:stop] = chunk
                 continue
@@ -95,9 +105,12 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
         with torch.no_grad():
             y = purify_batch(x0, model, schedule, t_star=t_star, sampler=sampler, steps=steps, eta=eta,
                              generator=generator, autocast_dtype=autocast_dtype)
+        if not bool(torch.isfinite(y).all()):
+            raise FloatingPointError(f"purification produced NaN or infinite values in chunk {ci} (images "
+                                     f"{start}..{stop - 1}); the model's weights or the sampler settings are broken")
         chunk = to_uint8(y).cpu()
         if path is not None:
-            atomic_torch_save(chunk, path)
+            atomic_torch_save({"purified": chunk, "binding": binding}, path)
         out[start:stop] = chunk
     return out
 
@@ -105,7 +118,10 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
 def _check_manifest(folder: Path, manifest: dict) -> None:
     path = folder / "manifest.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable resume manifest ({err}); use a fresh --resume-dir") from None
         if old != json.loads(json.dumps(manifest)):
             diff = {k: (old.get(k), manifest.get(k)) for k in manifest if old.get(k) != manifest.get(k)}
             raise ValueError(f"{folder}: resume folder belongs to another purification run (differs in {diff}); "

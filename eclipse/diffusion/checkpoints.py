@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from ..errors import DataError
 from ..storage import atomic_torch_save, safe_torch_load
+from .config_schema import read_yaml, validate_config
 from .schedule import NoiseSchedule, make_schedule, respace, space_timesteps
 from .unet import UNetConfig, UNetModel, build_unet
 
@@ -78,21 +79,20 @@ def _flatten_config(data: dict[str, Any]) -> dict[str, Any]:
 def parse_config(source: str | os.PathLike | dict[str, Any]) -> tuple[UNetConfig, DiffusionSettings]:
     """Official-style YAML (or a dict) -> (UNetConfig, DiffusionSettings), over improved-diffusion defaults.
 
-    Accepts nested (``model: {...}``, optionally ``diffusion: {...}``) and flat layouts.
+    Accepts nested (``model: {...}``, optionally ``diffusion: {...}``) and flat layouts; other sections
+    (``data``, ``sampling``, ...) are not read. Every model/diffusion key is checked by
+    :func:`eclipse.diffusion.config_schema.validate_config` (unknown keys, types, ranges) first.
     """
     name = "<dict>"
     if not isinstance(source, dict):
         name = str(source)
-        try:
-            data = yaml.safe_load(Path(source).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{name}: cannot read YAML config ({err})") from err
+        data = read_yaml(source)
         if not isinstance(data, dict):
-            raise ValueError(f"{name}: expected a mapping at the top level of the config")
+            raise DataError(f"{name}: expected a mapping at the top level of the config")
     else:
         data = source
     merged = dict(IMPROVED_DIFFUSION_DEFAULTS)
-    merged.update(_flatten_config(data))
+    merged.update(validate_config(_flatten_config(data), name))
     if merged.get("class_cond"):
         raise NotImplementedError(f"{name}: class_cond=True models are not supported")
     for key in ("attention_resolutions", "timestep_respacing"):
@@ -129,8 +129,10 @@ def _state_dict_from(obj: Any, path: str, use_ema: bool) -> dict[str, torch.Tens
     return _strip_prefix(_strip_prefix(dict(sd), "module."), "_orig_mod.")
 
 
-def load_weights(model: UNetModel, state_dict: dict[str, torch.Tensor], source: str = "<state dict>") -> UNetModel:
-    """``load_state_dict(strict=True)`` with an error naming the file and the offending keys."""
+def load_weights(model: UNetModel, state_dict: dict[str, torch.Tensor], source: str = "<state dict>", *,
+                 check_only: bool = False) -> UNetModel:
+    """``load_state_dict(strict=True)`` with an error naming the file and the offending keys (``check_only``:
+    compare names and shapes only, e.g. against a model built on the meta device)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -143,6 +145,8 @@ def load_weights(model: UNetModel, state_dict: dict[str, torch.Tensor], source: 
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
         raise ValueError(f"{source}: checkpoint does not fit the UNet config; " + "; ".join(parts))
+    if check_only:
+        return model
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -176,15 +180,27 @@ def load_model_and_schedule(checkpoint: str | os.PathLike, config: str | os.Path
     For an official state dict ``config`` is an official-style YAML; without one the ECLIPSE
     paper settings (``configs/cifar10.yml``) are assumed.
     """
+    parsed = parse_config(config) if config is not None else None  # a bad config fails before the weights load
     obj = safe_torch_load(checkpoint)
     if isinstance(obj, dict) and obj.get("format") == FORMAT and config is None:
+        meta = {**(obj.get("unet_config") or {}), **(obj.get("diffusion") or {})}
+        if not all(isinstance(k, str) for k in meta):
+            raise DataError(f"{checkpoint}: checkpoint config keys must be strings")
+        validate_config(meta, f"{checkpoint} (its saved config)")
         ucfg = UNetConfig.from_dict(obj["unet_config"])
         dset = DiffusionSettings.from_dict(obj["diffusion"])
-    elif config is not None:
-        ucfg, dset = parse_config(config)
+    elif parsed is not None:
+        ucfg, dset = parsed
     else:
         ucfg, dset = UNetConfig(), DiffusionSettings()
+    state_dict = _state_dict_from(obj, str(checkpoint), use_ema)
+    with torch.device("meta"):  # the shapes are compared before any memory is spent on the model
+        load_weights(build_unet(ucfg), state_dict, str(checkpoint), check_only=True)
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise DataError(f"{checkpoint}: weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                        f"{', ...' if len(broken) > 3 else ''}); purifying with them gives black images")
     model = build_unet(ucfg)
-    load_weights(model, _state_dict_from(obj, str(checkpoint), use_ema), str(checkpoint))
+    load_weights(model, state_dict, str(checkpoint))
     model.requires_grad_(False).eval().to(device)
     return model, schedule_from_settings(dset)

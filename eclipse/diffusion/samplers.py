@@ -9,6 +9,8 @@ Gradients are off unless ``options.grad``.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -34,6 +36,13 @@ class SamplerOptions:
     grad: bool = False
     progress: bool = False
     callback: Callback | None = None     # called after every reverse step with {"i", "t", "x", "pred_xstart"}
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ValueError(f"steps must be a positive number of reverse steps (or None for all), got {self.steps!r}")
+        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0 (DDIM's eta; 0 = deterministic), got {self.eta!r}")
 
 
 SamplerFn = Callable[[Model, NoiseSchedule, torch.Tensor, int, "torch.Generator | None", SamplerOptions], torch.Tensor]
