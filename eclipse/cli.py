@@ -128,13 +128,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .attacks.budgets import perturbation_norms
     from .data import load_images
 
-    dataset = _load_dataset(args.path, args.split)
+    reference = load_images(args.reference, split=args.split) if args.reference else None
+    dataset = _load_dataset(args.path, args.split, base=reference)  # a perturbation file applies to the reference
     counts = dataset.class_counts()
     report = {"path": str(args.path), "count": len(dataset), "shape": list(dataset.images.shape[1:]),
               "dtype": str(dataset.images.dtype), "value_range": [int(dataset.images.min()), int(dataset.images.max())],
               "label_histogram": dict(zip(dataset.classes, counts))}
-    if args.reference:
-        reference = load_images(args.reference, split=args.split)
+    if reference is not None:
         if len(reference) != len(dataset):
             raise DataError(f"{args.reference}: {len(reference)} images, but {args.path} holds {len(dataset)}")
         if not bool((reference.labels == dataset.labels).all()):
@@ -154,12 +154,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dataset(path: str, split: str | None = None):
+def _load_dataset(path: str, split: str | None = None, base=None):
     """``load_images`` with a hint when an archive holds split folders and none was named."""
     from .data import load_images
 
     try:
-        return load_images(path, split=split)
+        return load_images(path, split=split, base=base)
     except DataError as err:
         if split is None and "no images" in str(err):
             raise DataError(f"{err} (an archive or folder with train/ and test/ inside needs --split train or "
@@ -269,7 +269,7 @@ def cmd_poison(args: argparse.Namespace) -> int:
     _say(f"reading CIFAR-10 and drawing the {profile.name} profile's training subset ...")
     clean = clean_data(profile, args.data)["train"]
     _say(f"poisoning {len(clean)} images with {args.attack} ({time.perf_counter() - started:.0f}s so far) ...")
-    poisoned = poisoned_set(clean, args.attack, profile.seed)
+    poisoned = poisoned_set(clean, args.attack, profile.seed, profile=profile)
     path = save_images(poisoned, args.out)
     print(f"{args.attack}: {len(poisoned)} images -> {path} ({time.perf_counter() - started:.1f}s in all, "
           "data loading included)")
@@ -427,7 +427,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
         attack = args.attack or "clean"
         _say(f"reading CIFAR-10 for the {profile.name} profile's training subset ...")
         train = clean_data(profile, args.data)["train"]
-        dataset = train if attack == "clean" else poisoned_set(train, attack, profile.seed)
+        dataset = train if attack == "clean" else poisoned_set(train, attack, profile.seed, profile=profile)
         where = f"{attack} on the {profile.name} subset"
     summary: dict = {"input": where, "images": len(dataset), "modules": spec.name, "profile": profile.name,
                      "device": str(device)}
@@ -520,9 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("info", cmd_info, "versions, device, data found, notebook extras")
 
     p = command("inspect", cmd_inspect, "what a dataset file holds (and its perturbation vs a reference)")
-    p.add_argument("path", help="dataset: ECLIPSE .pkl, .npz, ImageFolder folder/.tar.gz or cifar-10-batches-py")
+    p.add_argument("path", help="dataset: ECLIPSE .pkl, .npz, ImageFolder folder/.tar.gz, cifar-10-batches-py, or "
+                                "a model-based poison's public file (EM perturbation.pt, REM .pkl, TAP/SEP .npy, "
+                                "a folder of <index>.png), which needs --reference")
     p.add_argument("--reference", help="the clean dataset the file was made from, same order "
-                                       "(e.g. from `eclipse export`)")
+                                       "(e.g. from `eclipse export`); a perturbation file is applied to it")
     p.add_argument("--split", default=None, choices=["train", "test"],
                    help="split folder inside an ImageFolder archive that holds train/ and test/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -9,8 +9,9 @@ Readable sources (:func:`load_images` picks by what the path is):
 - a ``cifar-10-batches-py`` folder (read with a restricted unpickler, never plain ``pickle.load``);
 - the ECLIPSE release pickle: a list of ``(3072 RGB bytes, label)`` tuples;
 - ``.npz`` with ``data`` (uint8, NHWC or NCHW) and ``targets``;
-- a perturbation tensor (``.pt``/``.npy``, per-sample or per-class) via
-  :func:`eclipse.perturbations.apply_perturbation`.
+- the model-based poisons' public formats (EM ``perturbation.pt``, REM's int8 ``.pkl``, TAP's and SEP's
+  ``.npy``, ``<index>.png`` folders), given the clean ``base`` they were made from
+  (:mod:`eclipse.poison_files`); a perturbation tensor also via :func:`eclipse.perturbations.apply_perturbation`.
 
 Decoded image folders are cached as ``.pt`` files keyed by the source's content (sha256). Every reader is
 bounded by the file's size (:mod:`eclipse.bounded`, :mod:`eclipse.safe_pickle`, :mod:`eclipse.limits`).
@@ -31,7 +32,7 @@ import torch
 from .bounded import check_npy_header, decode_image, read_regular_file, tar_image_members
 from .errors import DataError
 from .limits import expansion_budget
-from .safe_pickle import NUMPY_GLOBALS, RELEASE_GLOBALS, restricted_load
+from .safe_pickle import NUMPY_GLOBALS, RELEASE_GLOBALS, restricted_load, starts_with_numpy
 from .storage import (TEMP_SUFFIX, atomic_torch_save, atomic_write_bytes, cache_dir, clean_stale_temps, config_key,
                       safe_torch_load)
 from .validation import check_images, check_labels
@@ -135,8 +136,14 @@ def load_cifar10(split: str = "train", *, source: str | os.PathLike | None = Non
 # --------------------------------------------------------------------------------------------
 # readers
 # --------------------------------------------------------------------------------------------
-def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSet:
-    """Read any supported dataset file or folder (see the module docstring) into an ImageSet."""
+def load_images(path: str | os.PathLike, *, split: str | None = None, base: "ImageSet | None" = None) -> ImageSet:
+    """Read any supported dataset file or folder (see the module docstring) into an ImageSet.
+
+    ``base``: the clean set a poison file was made from, for the formats that hold a perturbation or
+    unlabelled images (EM ``.pt``, REM ``.pkl``, TAP/SEP ``.npy``, ``<index>.png`` folders; see
+    :mod:`eclipse.poison_files`); their error says so when it is missing."""
+    from . import poison_files
+
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
@@ -146,15 +153,28 @@ def load_images(path: str | os.PathLike, *, split: str | None = None) -> ImageSe
             path = path / "cifar-10-batches-py"
         if (path / "data_batch_1").exists() or (path / "test_batch").exists():
             return _cached(path, split or "train", _read_cifar_batches)
+        if split is None and poison_files.is_indexed_png_folder(path):
+            return poison_files.read_indexed_pngs(path, base)
         return _cached(path, split, _read_image_folder)
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return _cached(path, split, _read_image_tar)
     if name.endswith((".pkl", ".pickle")):
+        if starts_with_numpy(path):  # REM's int8 noise array; else the release list (no numpy admitted)
+            from .perturbations import apply_perturbation
+
+            poison_files._require_base(path, base, "REM noise applies to a clean set")
+            return apply_perturbation(base, poison_files.read_rem_noise(path), str(path), per="sample")
         return read_release_pickle(path)
     if name.endswith(".npz"):
         return read_npz(path)
-    raise DataError(f"{path}: unknown dataset format (expected a folder, .tar.gz, .pkl or .npz; "
-                    f"perturbation .pt/.npy files go through eclipse.perturbations.apply_perturbation)")
+    if name.endswith(".npy"):
+        return poison_files.read_npy(path, base)
+    if name.endswith(".pt"):
+        from .perturbations import apply_perturbation, load_perturbation
+
+        poison_files._require_base(path, base, "a perturbation (EM's perturbation.pt) applies to a clean set")
+        return apply_perturbation(base, load_perturbation(path), str(path))
+    raise DataError(f"{path}: unknown dataset format (expected a folder, .tar.gz, .pkl, .npz, .npy or .pt)")
 
 
 def _content_key(path: Path) -> str:
@@ -246,7 +266,11 @@ def read_release_pickle(path: str | os.PathLike) -> ImageSet:
     Read by :func:`eclipse.safe_pickle.restricted_load`; a list claiming more images than the file's bytes
     could hold (memo references repeat one entry) is refused before anything is allocated for it."""
     path = Path(path)
-    obj = restricted_load(path, RELEASE_GLOBALS)
+    return _release_images(restricted_load(path, RELEASE_GLOBALS), path)
+
+
+def _release_images(obj, path: Path) -> ImageSet:
+    """The ImageSet of an unpickled release list (validated entry by entry, bounded by the file's size)."""
     if not isinstance(obj, (list, tuple)) or len(obj) == 0:
         raise DataError(f"{path}: expected a non-empty list of (bytes, label) tuples, got {type(obj).__name__}")
     n = len(obj)

@@ -6,7 +6,9 @@ A :class:`Defense` has two optional hooks:
   training set (ISS-G grayscale, ISS-J JPEG). Applying it once is identical to re-applying it each
   epoch, because it is deterministic;
 - ``on_batch(x, y) -> (x, y)``: a random transform of a float batch in [0, 1] after random crop and
-  flip, re-drawn every step (compensation, cutout, mixup, cutmix). ``y`` may become soft targets.
+  flip, re-drawn every step (compensation, cutout, mixup, cutmix). ``y`` may become soft targets;
+- ``on_model_batch(model, x, y) -> (x, y)``: a transform that needs the network being trained, after
+  ``on_batch`` (adversarial training's PGD examples).
 
 Randomness comes from torch's global generator, which the training loop seeds and checkpoints.
 ECLIPSE's corruption compensation is ``compensation`` (module B = ``grayscale``, module C = ``noise``).
@@ -33,6 +35,7 @@ class Defense:
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     on_batch: BatchFn | None = None
     params: tuple = ()
+    on_model_batch: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def random_grayscale(x: torch.Tensor, gray_p: float) -> torch.Tensor:
@@ -107,6 +110,9 @@ class DefenseParams:
     cutout_size: int = 16
     mix_alpha: float = 1.0
     num_classes: int = 10
+    at_epsilon: float = 8 / 255   # adversarial training: L-inf radius, PGD steps and step size (Madry et al.)
+    at_steps: int = 10
+    at_step_size: float = 2 / 255
 
 
 DefenseBuilder = Callable[[DefenseParams], Defense]
@@ -158,6 +164,41 @@ def _mixup(p: DefenseParams) -> Defense:
 @DEFENSES.register("cutmix", description="CutMix (Yun et al. 2019), alpha 1 (torchvision v2.CutMix)")
 def _cutmix(p: DefenseParams) -> Defense:
     return Defense("cutmix", on_batch=_label_mixing("cutmix", p.mix_alpha, p.num_classes), params=(("alpha", p.mix_alpha),))
+
+
+def pgd_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, steps: int,
+                 step_size: float, random_start: bool = True) -> torch.Tensor:
+    """L-inf PGD that raises the cross-entropy of ``model`` on ``(x, y)`` (x float in [0, 1]): uniform start in
+    the ``epsilon`` ball, ``steps`` signed-gradient ascents of ``step_size``, projected to the ball and to [0, 1].
+    The model is put in eval mode while the examples are made, then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = x.detach().to(device), y.to(device)
+    delta = torch.empty_like(x).uniform_(-epsilon, epsilon) if random_start else torch.zeros_like(x)
+    delta = (x + delta).clamp_(0, 1) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model((x + delta).contiguous(memory_format=torch.channels_last)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp_(-epsilon, epsilon)
+        delta = (x + delta).clamp_(0, 1) - x
+    model.train(was_training)
+    return (x + delta).detach()
+
+
+def _adversarial(epsilon: float, steps: int, step_size: float):
+    def step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        if y.ndim != 1:
+            raise ValueError("adversarial training needs hard labels (it does not combine with mixup/cutmix)")
+        return pgd_examples(model, x, y, epsilon=epsilon, steps=steps, step_size=step_size).cpu(), y
+    return step
+
+
+@DEFENSES.register("at", description="adversarial training (Madry et al. 2018): PGD, L-inf 8/255, 10 steps of 2/255")
+def _at(p: DefenseParams) -> Defense:
+    return Defense("at", on_model_batch=_adversarial(p.at_epsilon, p.at_steps, p.at_step_size),
+                   params=(("epsilon", p.at_epsilon), ("steps", p.at_steps), ("step_size", p.at_step_size)))
 
 
 def make_defense(name: str, **params) -> Defense:

@@ -39,16 +39,31 @@ def clean_data(profile: Profile | str, data: str | None = None) -> dict[str, Ima
     return {"train": train, "eval": evaluation, "pool": pool}
 
 
-def poisoned_set(clean: ImageSet, attack: str, seed: int, **params) -> ImageSet:
-    """``clean`` poisoned by ``attack`` (cached by content, attack, parameters, seed and code)."""
+def poisoned_set(clean: ImageSet, attack: str, seed: int, *, profile: Profile | str | None = None,
+                 progress: bool = True, **params) -> ImageSet:
+    """``clean`` poisoned by ``attack`` (cached by content, attack, parameters, seed and code).
+
+    ``profile``: its generation settings for ``attack`` (``Profile.attack_params``) under ``params``. A
+    model-based generation keeps its resume state next to the cache entry until it is finished, so a killed
+    generation continues where it stopped."""
+    import shutil
+
     from .attacks import poison
 
+    if profile is not None:
+        params = {**get_profile(profile).attack_settings(attack), **params}
+
     def compute(path: Path) -> dict:
-        images = poison(attack, clean.images, clean.labels, seed=seed, num_classes=len(clean.classes), **params)
+        images = poison(attack, clean.images, clean.labels, seed=seed, num_classes=len(clean.classes),
+                        state_dir=path.with_suffix(""), progress=progress, **params)
         return {"images": images, "attack": attack, "seed": seed}
 
+    def save(blob: dict, path: Path) -> None:
+        atomic_torch_save(blob, path)
+        shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # the resume state of a finished generation
+
     blob, _, _ = cached("poisons", {"data": digest(clean), "attack": attack, "seed": seed, "params": params},
-                        compute, load=safe_torch_load, save=atomic_torch_save, label=attack, suffix=".pt")
+                        compute, load=safe_torch_load, save=save, label=attack, suffix=".pt")
     return clean.with_images(blob["images"], f"{attack}({clean.source})")
 
 

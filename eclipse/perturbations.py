@@ -18,7 +18,8 @@ __all__ = ["load_perturbation", "apply_perturbation"]
 def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
     """A perturbation on the [0, 1] scale, ``(N, 3, 32, 32)`` or per-class ``(K, 3, 32, 32)``.
 
-    Accepts float tensors (values in [-1, 1]) and int8 tensors in pixel units (REM's format, divided by 255).
+    Accepts float tensors (values in [-1, 1]) and int8 tensors in pixel units (divided by 255), and REM's
+    pickled int8 numpy noise (``.pkl``, through the restricted unpickler).
     """
     path = Path(path)
     if path.suffix == ".npy":
@@ -30,13 +31,17 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
             raise
         except Exception as err:  # noqa: BLE001
             raise DataError(f"{path}: not a readable .npy ({type(err).__name__}: {err})") from err
+    elif path.suffix in (".pkl", ".pickle"):
+        from .poison_files import read_rem_noise
+
+        delta = read_rem_noise(path)
     elif path.suffix == ".pt":
         try:
             delta = safe_torch_load(path)
         except ValueError as err:
             raise DataError(str(err)) from err
     else:
-        raise DataError(f"{path}: perturbations must be .pt or .npy files")
+        raise DataError(f"{path}: perturbations must be .pt, .npy or REM's .pkl files")
     if not isinstance(delta, torch.Tensor):
         raise DataError(f"{path}: expected a tensor, got {type(delta).__name__}")
     if delta.dtype == torch.int8:

@@ -39,6 +39,9 @@ class Profile:
     # Per-attack victim TrainConfig overrides, a clearly labelled part of the profile (empty for paper),
     # e.g. {"urp": {"crop_padding": 0}}: tables show the setting next to the attack.
     attack_victim: dict = field(default_factory=dict)
+    # Per-attack generation settings over each attack's published recipe (empty for paper): the model-based
+    # poisons' cuts of steps, restarts, surrogate width and epochs, labelled here, e.g. {"tap": {"restarts": 1}}.
+    attack_params: dict = field(default_factory=dict)
     # Victim training images for the sweep notebooks (02: Fig. 3, Tables 5-6, Fig. 5a; 05: Table 4; 06: Fig. 5b-c,
     # Table 7), which train many victims each; None: ``train_size``. See :func:`sweep_profile`.
     sweep_train_size: int | None = None
@@ -55,6 +58,10 @@ class Profile:
     def victim_overrides(self, attack: str) -> dict:
         """The TrainConfig overrides this profile trains ``attack``'s victim with (usually none)."""
         return dict(self.attack_victim.get(attack, {}))
+
+    def attack_settings(self, attack: str) -> dict:
+        """The generation settings this profile gives ``attack`` over its recipe (usually none)."""
+        return copy.deepcopy(self.attack_params.get(attack, {}))
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
@@ -87,6 +94,11 @@ PAPER = Profile(
     description="the paper's settings: 50,000 images, ResNet-18 80 epochs, 128-channel UNet 250k iterations (GPU)",
 )
 
+# The quick victim's recipe, used as the surrogate of the model-based poisons under quick.
+_QUICK_SURROGATE = dict(width=16, epochs=20, lr=0.1, weight_decay=5e-4, schedule="onecycle", precision="bf16",
+                        milestones=(), nesterov=False)
+_QUICK_MIN_MIN = dict(width=16, precision="bf16")
+
 QUICK = Profile(
     name="quick", train_size=10_000, eval_size=None,
     # Calibrated by scripts/sweep_quick.py (figures/quick-calibration-sweep.csv, 2 cores): 20 epochs of a
@@ -97,6 +109,19 @@ QUICK = Profile(
     # URP's class-wise pattern does not survive random crops at CPU scale (crop: no effect, 65.3 vs 63.9% at
     # 10 epochs; no crop: 12.7%), so URP's victim trains without random crop, labelled in every table.
     attack_victim={"urp": {"crop_padding": 0}},
+    # Model-based poisons at CPU scale (each cut from its recipe, module docstrings in eclipse/attacks/): the
+    # surrogates are the quick victim (ResNet-18 width 16, 20 one-cycle epochs, bf16) instead of the recipes'
+    # full-width 40-120-epoch runs. PROVISIONAL: not yet calibrated by a measured sweep (issue 15).
+    attack_params={
+        "em": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 15, "surrogate": dict(_QUICK_MIN_MIN)},
+        "rem": {"train_steps": 300, "def_steps": 5, "def_step_size": 3.2 / 255, "adv_steps": 3,
+                "adv_step_size": 2 / 255, "eot": 1, "surrogate": dict(_QUICK_MIN_MIN)},
+        "tap": {"iterations": 50, "restarts": 1, "surrogate": dict(_QUICK_SURROGATE)},
+        "sep": {"num_models": 5, "surrogate": dict(_QUICK_SURROGATE)},
+        "efp": {"iterations": 50, "at_steps": 3, "at_step_size": 2 / 255, "reference": dict(_QUICK_SURROGATE)},
+        "adp": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 10, "eot": 2, "gray_p": 0.8,
+                "surrogate": {"width": 16, "precision": "bf16"}},
+    },
     # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
     # (figures/quick-sampler-accuracy.csv) one_shot (the x0 prediction at t*, 1 network call) purified the
     # 10,000 images in 2.0 min and gave 71.0%, respaced-4 7.6 min and 70.2%; at t* = 100, p = 0.4
@@ -135,6 +160,15 @@ SMOKE = Profile(
     name="smoke", train_size=500, eval_size=500,
     victim=TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=100, lr=0.05, schedule="onecycle",
                        eval_every=1),
+    attack_params={
+        "em": {"steps": 2, "train_steps": 2, "max_rounds": 2, "surrogate": {"width": 8, "batch_size": 100}},
+        "rem": {"train_steps": 2, "def_steps": 2, "adv_steps": 1, "eot": 1, "surrogate": {"width": 8}},
+        "tap": {"iterations": 2, "restarts": 1, "batch_size": 250, "surrogate": {"width": 8, "epochs": 1}},
+        "sep": {"iterations": 2, "num_models": 2, "batch_size": 250, "surrogate": {"width": 8, "epochs": 2}},
+        "efp": {"iterations": 2, "batch_size": 250, "at_steps": 1, "reference": {"width": 8, "epochs": 1}},
+        "adp": {"steps": 1, "train_steps": 1, "max_rounds": 1, "eot": 1,
+                "surrogate": {"arch": "resnet18", "width": 8, "batch_size": 100}},
+    },
     sparse_size=50, replicas=1, t_star=10, sampler="ancestral", diffusion_steps=4000,
     unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=2, dropout=0.0,
               channel_mult=(1, 1)),

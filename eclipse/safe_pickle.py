@@ -92,6 +92,22 @@ def scan(payload: bytes, source: str, *, allow_build: bool) -> int:
     return count
 
 
+def starts_with_numpy(path: str | os.PathLike, opcodes: int = 8) -> bool:
+    """Whether the first ``opcodes`` opcodes of the pickle at ``path`` name a numpy global (a pickled array,
+    e.g. REM's noise) rather than plain containers (the release list). Reads at most 512 bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    try:
+        for i, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(head))):
+            if i >= opcodes:
+                break
+            if isinstance(arg, str) and arg.split(".")[0].split(" ")[0] == "numpy":
+                return True
+    except Exception:  # noqa: BLE001 - a truncated or malformed head: not a numpy pickle
+        return False
+    return False
+
+
 class _Restricted(pickle.Unpickler):
     def __init__(self, handle, source: str, admitted: dict[tuple[str, str], object]):
         super().__init__(handle, encoding="bytes")

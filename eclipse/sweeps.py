@@ -34,7 +34,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
         settings = {setting_label(v): v for a in attacks if a != "clean" for v in [profile.victim_overrides(a)] if v}
         jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
     for attack, victim, name in jobs:
-        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
+        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, profile=profile)
         if name.startswith("eclipse"):
             spec = method.module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C")
             if spec.purify and purifier is None:
@@ -102,7 +102,7 @@ def sparse_diffusion_sweeps(profile: Profile | str, attacks: Iterable[str] | Non
     profile = get_profile(profile)
     attacks = list(attacks or profile.grid("sparse_diffusion")["attacks"])
     sets = clean_data(profile)
-    poisoned = {a: poisoned_set(sets["train"], a, profile.seed) for a in attacks}
+    poisoned = {a: poisoned_set(sets["train"], a, profile.seed, profile=profile) for a in attacks}
     rows: dict[str, dict] = {}
     for label, (sweep, value, overrides) in sparse_diffusion_points(profile).items():
         rows.setdefault(sweep, {})[value] = sparse_diffusion_point(profile, poisoned, sets, progress=progress,

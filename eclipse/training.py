@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,10 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant" (paper) or "onecycle"
+    schedule: str = "constant"  # "constant" (paper), "onecycle" or "multistep" (x0.1 at each of milestones)
+    milestones: tuple[float, ...] = ()  # multistep: fractions of the epochs, e.g. (0.625, 0.75) = 75, 90 of 120
+    nesterov: bool = False
+    max_grad_norm: float | None = None  # clip the gradient norm (EM's surrogate: 5)
     crop_padding: int = 4       # 0 disables the random crop
     flip: bool = True
     eval_every: int = 5
@@ -84,18 +88,50 @@ def _autocast(precision: str, device: torch.device):
     raise ValueError(f"unknown precision {precision!r} (fp32 or bf16)")
 
 
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor, *,
+             precision: str = "fp32", device: torch.device | None = None,
+             label_smoothing: float = 0.0, max_grad_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of ``model`` on the batch ``x`` (float in [0, 1]) with cross-entropy toward
+    ``target`` (class indices or soft labels). Returns the (detached) loss and logits. The victim loop and the
+    model-based attacks' surrogate updates share it."""
+    device = device or next(model.parameters()).device
+    with _autocast(precision, device):
+        logits = model(x.detach().to(device, memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits.float(), target.to(device), label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def trained_model(out_dir: str | Path, config: TrainConfig, num_classes: int,
+                  device: torch.device | str | None = None) -> torch.nn.Module:
+    """The network of a run that :func:`train_victim` wrote to ``out_dir`` (its last epoch), in eval mode."""
+    ckpt_path = Path(out_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path}: no trained run here")
+    model = build_victim(config.arch, num_classes, config.width)
+    model.load_state_dict(safe_torch_load(ckpt_path)["model"])
+    return model.to(device or default_device()).eval()
+
+
 def _save_checkpoint(state: dict, path: Path) -> None:
     atomic_torch_save(state, path)
 
 
 def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defense: Defense | str = "none",
                  seed: int = 0, out_dir: str | Path | None = None, device: torch.device | str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True,
+                 on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """Train ``config.arch`` on ``train`` with ``defense``; return a result dict with the last-epoch
     ``test_acc`` (%) on ``test``, the per-epoch log and the wall time.
 
     With ``out_dir`` the run checkpoints after every epoch (atomically) and resumes from the last
     checkpoint when called again with the same arguments; the finished result is ``result.json``.
+    ``on_epoch(epoch, model)`` runs after each epoch (1-based) and before that epoch's checkpoint, so a
+    resumed run calls it for every epoch exactly once (SEP keeps its ensemble's snapshots this way).
     """
     defense = make_defense(defense, num_classes=len(train.classes)) if isinstance(defense, str) else defense
     _autocast(config.precision, torch.device("cpu"))  # fail early on a bad name
@@ -109,15 +145,18 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
     # channels_last: oneDNN (CPU) and cuDNN run these convolutions faster in NHWC (1.3x measured on 2 cores)
     model = build_victim(config.arch, len(train.classes), config.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
     steps_per_epoch = -(-len(train) // config.batch_size)
     if config.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
                                                         total_steps=config.epochs * steps_per_epoch)
+    elif config.schedule == "multistep":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, [round(m * config.epochs) * steps_per_epoch for m in config.milestones], gamma=0.1)
     elif config.schedule == "constant":
         scheduler = None
     else:
-        raise ValueError(f"unknown schedule {config.schedule!r} (constant or onecycle)")
+        raise ValueError(f"unknown schedule {config.schedule!r} (constant, onecycle or multistep)")
 
     start_epoch, log, elapsed = 0, [], 0.0
     if ckpt_path is not None and ckpt_path.exists():
@@ -149,12 +188,10 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
             target = y
             if defense.on_batch is not None:
                 x, target = defense.on_batch(x, y)
-            with _autocast(config.precision, device):
-                logits = model(x.to(device, memory_format=torch.channels_last))
-                loss = F.cross_entropy(logits.float(), target.to(device), label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if defense.on_model_batch is not None:
+                x, target = defense.on_model_batch(model, x, target)
+            loss, logits = sgd_step(model, optimizer, x, target, precision=config.precision, device=device,
+                                    label_smoothing=config.label_smoothing, max_grad_norm=config.max_grad_norm)
             if scheduler is not None:
                 scheduler.step()
             loss_sum += float(loss.detach()) * len(batch)
@@ -166,6 +203,8 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
         entry["seconds"] = elapsed
         log.append(entry)
         bar.set_postfix({k: round(v, 2) for k, v in entry.items() if k in ("loss", "train_acc", "test_acc")})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
         if ckpt_path is not None:
             _save_checkpoint({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict() if scheduler else None,

@@ -121,6 +121,8 @@ def densenet121(num_classes: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+MIN_WIDTH = 8
+
 VICTIMS: Registry[Callable[[int, int], nn.Module]] = Registry("victim")
 """Victim networks by name: ``VICTIMS[arch](num_classes, width) -> nn.Module`` (width 64 = the standard model)."""
 VICTIMS.register("resnet18", lambda k, w: ResNet(BasicBlock, [2, 2, 2, 2], k, w), description="ResNet-18 (CIFAR stem); the paper's main victim")
@@ -130,8 +132,20 @@ VICTIMS.register("vgg19", lambda k, w: vgg("vgg19", k, w), description="VGG-19 w
 VICTIMS.register("densenet121", densenet121, description="DenseNet-121 (CIFAR), growth 32 at width 64")
 
 
+def _unet_classifier(num_classes: int, width: int) -> nn.Module:
+    from .diffusion.classifier import unet_classifier
+
+    return unet_classifier(num_classes, width)
+
+
+VICTIMS.register("unet", _unet_classifier,
+                 description="the diffusion UNet as a classifier (conv + global pooling head; ADP's surrogate), "
+                             "2 x width base channels")
+
+
 def build_victim(arch: str, num_classes: int = 10, width: int = 64) -> nn.Module:
     """A victim network by name (see ``VICTIMS``)."""
-    if width < 4:
-        raise ValueError(f"width must be at least 4, got {width}")
+    if width < MIN_WIDTH:
+        raise ValueError(f"width must be at least {MIN_WIDTH}, got {width} (below 8 channels oneDNN's CPU 1x1 "
+                         "convolution backward hangs or crashes on AVX2-only CPUs, torch 2.14)")
     return VICTIMS[arch](num_classes, width)

@@ -176,15 +176,27 @@ def image_grid(rows: dict[str, torch.Tensor], col_titles: Sequence[str] | None =
     return fig
 
 
-def accuracy_heatmap(table: pd.DataFrame, title: str = "", vmin: float = 0, vmax: float = 100):
-    """Heatmap of a test-accuracy table (rows x columns, %), annotated."""
+def accuracy_heatmap(table: pd.DataFrame, title: str = "", vmin: float = 0, vmax: float = 100,
+                     paper: pd.DataFrame | None = None):
+    """Heatmap of a test-accuracy table (rows x columns, %), each cell annotated with our value.
+
+    With ``paper`` (same index and columns, NaN where the paper has no value), a cell with a paper value
+    reads ``ours`` over ``paper P``; the colour is always ours.
+    """
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(1.1 * len(table.columns) + 2, 0.5 * len(table) + 1.5))
-    sns.heatmap(table.astype(float), annot=True, fmt=".1f", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax,
-                cbar_kws={"label": "test accuracy (%)"})
+    ours = table.astype(float)
+    annot = ours.map(lambda v: f"{v:.1f}")
+    if paper is not None:
+        theirs = paper.reindex(index=ours.index, columns=ours.columns).astype(float)
+        annot = annot.where(theirs.isna(), annot + "\n" + theirs.map(lambda v: f"paper {v:.1f}"))
+    height = 0.5 if paper is None else 0.7
+    fig, ax = plt.subplots(figsize=(1.25 * len(table.columns) + 2, height * len(table) + 1.5))
+    sns.heatmap(ours, annot=annot.to_numpy(), fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax,
+                annot_kws={"fontsize": 8 if paper is not None else 10}, cbar_kws={"label": "test accuracy (%)"})
     ax.set_title(title)
     ax.set_ylabel("")
+    ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
     return fig
 

@@ -31,7 +31,7 @@ def test_grid_labels_per_attack_victim_settings_and_adds_their_clean_reference()
     from eclipse.profiles import SMOKE
 
     profile = SMOKE.with_overrides(attack_victim={"urp": {"crop_padding": 0}},
-                                   victim={"epochs": 1, "width": 4})
+                                   victim={"epochs": 1, "width": 8})
     grid = accuracy_grid(profile, ["clean", "urp"], ["none"], progress=False, log=None)
     rows = list(zip(grid["attack"], grid["setting"], grid["method"]))
     assert rows == [("clean", "", "none"), ("urp", "no crop", "none"), ("clean", "no crop", "none")]
@@ -47,7 +47,7 @@ def test_grid_reference_rows_can_be_left_out():
     from eclipse.sweeps import accuracy_grid
     from eclipse.profiles import SMOKE
 
-    profile = SMOKE.with_overrides(attack_victim={"urp": {"crop_padding": 0}}, victim={"epochs": 1, "width": 4})
+    profile = SMOKE.with_overrides(attack_victim={"urp": {"crop_padding": 0}}, victim={"epochs": 1, "width": 8})
     grid = accuracy_grid(profile, ["clean", "urp"], ["none"], progress=False, log=None, reference_rows=False)
     assert list(grid["row"]) == ["clean", "urp (no crop)"]
 

@@ -20,7 +20,7 @@ def small_sets(cifar_train, cifar_test):
     return train, evaluation
 
 
-CONFIG = training.TrainConfig(arch="resnet18", width=4, epochs=2, batch_size=50, lr=0.05, schedule="onecycle",
+CONFIG = training.TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=50, lr=0.05, schedule="onecycle",
                               eval_every=1)
 
 

@@ -72,3 +72,17 @@ def test_labelled_grid_draws_groups_labels_title_and_caption():
     assert any("one gain per row" in t for t in texts)
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_accuracy_heatmap_shows_the_paper_value_under_ours_where_it_has_one():
+    import pandas as pd
+
+    from eclipse import viz
+
+    ours = pd.DataFrame({"none": [11.0, 25.55], "ECLIPSE": [62.06, 71.03]}, index=["URP", "LSP"])
+    theirs = pd.DataFrame({"none": [13.54, float("nan")], "ECLIPSE": [83.07, 80.49]}, index=["URP", "LSP"])
+    fig = viz.accuracy_heatmap(ours, "t", paper=theirs)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["11.0\npaper 13.5", "25.6", "62.1\npaper 83.1", "71.0\npaper 80.5"]
+    plain = viz.accuracy_heatmap(ours, "t")
+    assert sorted(t.get_text() for t in plain.axes[0].texts) == ["11.0", "25.6", "62.1", "71.0"]

@@ -4,9 +4,10 @@ Every attack is a plain function ``fn(images, labels, *, seed, num_classes, **pa
 that takes uint8 images ``(N, 3, H, W)`` and int64 labels ``(N,)`` in ``0..num_classes-1`` and returns the
 poisoned uint8 images (same shape). ``ATTACKS`` is an ``eclipse.registry.Registry`` of ``AttackSpec``s
 (``names()``, ``description(name)``, ``help()`` for the CLI). The model-free attacks register themselves from
-their modules (``eclipse.attacks.urp``, ``lsp``, ``ar``, ``ops``); model-based ones (EM, TAP, REM, SEP, EFP,
-adaptive) plug in the same way: define the function, then ``register(AttackSpec(...))`` at import time of
-their module, and import that module in ``eclipse/attacks/__init__.py``.
+their modules (``eclipse.attacks.urp``, ``lsp``, ``ar``, ``ops``), and so do the model-based ones (``em``,
+``rem``, ``tap``, ``sep``, ``efp``, ``adp``, built on :mod:`eclipse.attacks.craft`): define the function, then
+``register(AttackSpec(...))`` at import time of its module, and import that module in
+``eclipse/attacks/__init__.py``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class AttackSpec:
     norm: str
     budget: float
     description: str
+    resumable: bool = False  # takes ``state_dir`` (resume state) and ``progress`` (a progress bar)
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower():
@@ -118,17 +120,23 @@ def poison(
     seed: int,
     num_classes: int | None = None,
     check_budget: bool = True,
+    state_dir: Any = None,
+    progress: bool = True,
     **params: Any,
 ) -> torch.Tensor:
     """Poison ``images`` with the attack ``name``; returns uint8 images of the same shape and device.
 
     ``params`` go to the attack function. With ``check_budget`` every poisoned image is verified to be within
-    the attack's registered budget after quantisation (a ``RuntimeError`` otherwise).
+    the attack's registered budget after quantisation (a ``RuntimeError`` otherwise). A resumable
+    (model-based) attack keeps its resume state in ``state_dir`` (a folder; none: no resume) and shows a
+    progress bar unless ``progress`` is False; neither changes the poison.
     """
     spec = get_attack(name)
     seed = _check_seed(seed)
     labels, num_classes = validate_poison_inputs(images, labels, num_classes)
     clean = images.detach().to("cpu").contiguous()
+    if spec.resumable:
+        params = {**params, "state_dir": state_dir, "progress": progress}
     poisoned = spec.fn(clean, labels, seed=seed, num_classes=num_classes, **params)
     if not isinstance(poisoned, torch.Tensor) or poisoned.dtype != torch.uint8 or poisoned.shape != clean.shape:
         raise RuntimeError(f"attack {spec.name!r} must return uint8 images of shape {tuple(clean.shape)}")

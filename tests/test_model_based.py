@@ -1,0 +1,222 @@
+"""The model-based poisons (EM, REM, TAP, SEP, EFP, ADP) at smoke scale: budget, determinism, resume after
+SIGKILL; the AT defense and the UNet classifier they build on."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eclipse.attacks import ATTACKS, perturbation_norms, poison
+from eclipse.profiles import SMOKE
+
+MODEL_BASED = ["em", "rem", "tap", "sep", "efp", "adp"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_set(n: int = 100, seed: int = 0, contrast: float = 160):
+    """Structured images (a class-dependent colour plus noise) and balanced labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    base = torch.rand(10, 3, 1, 1, generator=g)[labels] * contrast + (200 - contrast) / 2 + 20
+    images = (base + torch.randn(n, 3, 32, 32, generator=g) * 30).clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+def settings(name: str) -> dict:
+    return SMOKE.attack_settings(name)
+
+
+@pytest.fixture(scope="module")
+def reference_poisons():
+    images, labels = tiny_set()
+    return {name: poison(name, images, labels, seed=0, progress=False, **settings(name)) for name in MODEL_BASED}
+
+
+def test_every_model_based_attack_is_registered_with_its_budget():
+    for name in MODEL_BASED:
+        spec = ATTACKS[name]
+        assert spec.family == "model-based" and spec.norm == "linf" and spec.resumable
+        assert spec.budget == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_attack_stays_in_budget_changes_images_and_is_seeded(name, reference_poisons):
+    images, labels = tiny_set()
+    poisoned = reference_poisons[name]
+    norms = perturbation_norms(poisoned, images)
+    assert poisoned.dtype == torch.uint8 and poisoned.shape == images.shape
+    assert float(norms["linf"].max()) <= 8 / 255 + 1e-9          # after 8-bit quantisation
+    assert int((norms["l0"] > 0).sum()) >= 0.9 * len(images)     # it perturbs (nearly) every image
+    again = poison(name, images, labels, seed=0, progress=False, **settings(name))
+    assert torch.equal(again, poisoned)                          # same seed, same poison
+    other = poison(name, images, labels, seed=1, progress=False, **settings(name))
+    assert not torch.equal(other, poisoned)                      # another seed, another poison
+
+
+_CHILD = r"""
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+from eclipse.attacks import craft, poison
+from eclipse.profiles import SMOKE
+sys.path.insert(0, {tests!r})
+from test_model_based import tiny_set
+saves = {{"n": 0}}
+original = craft.Checkpoint.save
+def save(self, **kwargs):
+    original(self, **kwargs)
+    if self.path is not None and self.path.exists():
+        saves["n"] += 1
+        if saves["n"] == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+craft.Checkpoint.save = save
+images, labels = tiny_set()
+poison({name!r}, images, labels, seed=0, state_dir={state!r}, progress=False, **SMOKE.attack_settings({name!r}))
+print("finished without being killed")
+"""
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_generation_killed_with_sigkill_resumes_to_the_identical_poison(name, reference_poisons, tmp_path):
+    state = tmp_path / "state"
+    script = _CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), kill_at=1, name=name, state=str(state))
+    env = {**os.environ, "ECLIPSE_CRAFT_SAVE_EVERY_S": "0"}
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert child.returncode == -9, child.stdout + child.stderr   # killed by SIGKILL, mid-generation
+    assert (state / "craft.pt").exists()
+    images, labels = tiny_set()
+    resumed = poison(name, images, labels, seed=0, state_dir=state, progress=False, **settings(name))
+    assert torch.equal(resumed, reference_poisons[name])
+
+
+def test_resume_state_of_another_generation_is_refused(tmp_path):
+    images, labels = tiny_set()
+    poison("em", images, labels, seed=0, state_dir=tmp_path, progress=False, **settings("em"))
+    with pytest.raises(ValueError, match="another generation"):
+        poison("em", images, labels, seed=3, state_dir=tmp_path, progress=False, **settings("em"))
+
+
+def test_em_classwise_gives_one_pattern_per_class():
+    images, labels = tiny_set()
+    poisoned = poison("em", images, labels, seed=0, progress=False, per="class", steps=1,
+                      **{k: v for k, v in settings("em").items() if k != "steps"})
+    delta = poisoned.float() - images.float()
+    unclipped = (images > 8) & (images < 247)                      # pixels where clipping cannot differ
+    for k in range(10):
+        rows = delta[labels == k]
+        same = (rows - rows[0]).abs() * unclipped[labels == k] * unclipped[labels == k][0]
+        assert float(same.max()) <= 1.0                           # one pattern, up to 8-bit rounding
+
+
+def test_sep_ensemble_epochs_follow_the_official_spacing():
+    from eclipse.attacks.sep import ensemble_epochs
+
+    assert ensemble_epochs(120, 30) == list(range(4, 121, 4))
+    assert ensemble_epochs(120, 5) == [24, 48, 72, 96, 120]
+    assert ensemble_epochs(3, 5) == [1, 2, 3]
+
+
+def test_tap_targets_the_next_class_more_than_the_clean_surrogate_predicts_it():
+    """TAP's poison moves the surrogate's predictions toward (y + 1) mod K."""
+    from eclipse.attacks import craft
+    from eclipse.attacks.tap import TAP_SURROGATE
+
+    images, labels = tiny_set(200, contrast=20)  # classes the tiny surrogate cannot separate with confidence
+    params = {**settings("tap"), "iterations": 8, "step_fraction": 0.25,
+              "surrogate": {"width": 8, "epochs": 6, "batch_size": 50}}
+    poisoned = poison("tap", images, labels, seed=0, progress=False, **params)
+    model = craft.train_surrogate(images, labels, 10, craft.surrogate_config(TAP_SURROGATE, params["surrogate"]),
+                                  seed=0, state_dir=None, progress=False)
+    target = (labels + 1) % 10
+    with torch.no_grad():
+        before, after = (torch.nn.functional.cross_entropy(model(x.float() / 255), target) for x in (images, poisoned))
+    assert after < 0.75 * before
+
+
+def test_em_noise_lowers_the_surrogate_loss_below_the_clean_loss():
+    """Error-minimising: the poisoned images are easier for a model trained on them than the clean ones."""
+    from eclipse.attacks import em as em_module
+
+    images, labels = tiny_set()
+    state = {}
+    original = em_module._accuracy
+
+    def spy(model, perturbed, labels_, index, surrogate, device):
+        state["model"] = model
+        return original(model, perturbed, labels_, index, surrogate, device)
+
+    em_module._accuracy = spy
+    try:
+        poisoned = poison("em", images, labels, seed=0, progress=False, **{**settings("em"), "steps": 5})
+    finally:
+        em_module._accuracy = original
+    model = state["model"]
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.cross_entropy(model(images.float() / 255), labels)
+        poison_loss = torch.nn.functional.cross_entropy(model(poisoned.float() / 255), labels)
+    assert poison_loss < clean_loss
+
+
+def test_adp_objective_passes_through_the_compensation():
+    """The soft compensation is differentiable, random, and grayscale with probability gray_p."""
+    from eclipse.attacks.adp import soft_compensation
+
+    x = torch.rand(64, 3, 32, 32, requires_grad=True)
+    out = soft_compensation(1.0, 0.0)(x)
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    same = soft_compensation(0.0, 0.0)(x)
+    assert torch.equal(same, x)
+    noisy = soft_compensation(0.0, 0.05)(x)
+    assert 0.03 < float((noisy - x).std()) < 0.07
+
+
+def test_unet_classifier_is_the_diffusion_unet_with_a_pooled_class_head():
+    from eclipse.diffusion.classifier import UNetClassifier
+    from eclipse.victims import build_victim
+
+    model = build_victim("unet", 10, 16)
+    assert isinstance(model, UNetClassifier)
+    logits = model(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    assert model.unet.out[-1].out_channels == 10 and model.unet.config.num_channels == 32
+    paper = build_victim("unet", 10, 64)
+    assert sum(p.numel() for p in paper.parameters()) > 50e6       # the paper's 52M-parameter UNet
+
+
+def test_adversarial_training_inputs_stay_in_the_ball_and_raise_the_loss():
+    from eclipse.defenses import make_defense
+    from eclipse.victims import build_victim
+
+    torch.manual_seed(0)
+    model = build_victim("resnet18", 10, 8)
+    images, labels = tiny_set(64)
+    x = images.float() / 255
+    defense = make_defense("at")
+    adv, target = defense.on_model_batch(model, x, labels)
+    assert torch.equal(target, labels) and model.training
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    model.eval()
+    with torch.no_grad():
+        loss = [torch.nn.functional.cross_entropy(model(v), labels) for v in (x, adv)]
+    assert loss[1] > loss[0]
+
+
+def test_cli_poison_runs_a_model_based_attack(tmp_path):
+    from eclipse.cli import main
+    from eclipse.data import load_images
+    from eclipse.storage import cache_dir
+
+    out = tmp_path / "em.npz"
+    assert main(["poison", "--attack", "em", "--profile", "smoke", "--out", str(out)]) == 0
+    poisoned = load_images(out)
+    assert len(poisoned) == SMOKE.train_size
+    folder = cache_dir() / "poisons"
+    index = json.loads((folder / "index.json").read_text())
+    assert "em" in [entry["label"] for entry in index.values()]
+    assert not [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("em-")]  # resume state removed
