@@ -59,13 +59,14 @@ def epoch_equivalents(attack: str, s: dict, n: int, rounds: int) -> tuple[float,
 
 
 def pass_time(arch: str, width: int, precision: str, images: int, batch: int = 128) -> float:
-    """Measured seconds per image of one forward + backward pass (parameter gradients, as in training)."""
+    """Measured seconds per image of one forward + backward pass (parameter gradients, as in training), over
+    about ``images`` images in batches of at most ``batch``, after one warm-up batch."""
+    batch = min(batch, images)
     model = build_victim(arch, 10, width).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    for _ in range(2):  # warm-up
-        step(model, optimizer, x, y, precision)
+    step(model, optimizer, x, y, precision)  # warm-up
     tick = time.perf_counter()
     for _ in range(max(1, images // batch)):
         step(model, optimizer, x, y, precision)

@@ -24,9 +24,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = "eclipse"
 T = TypeVar("T")
 
-# What computes each kind of artifact (roots of its import closure).
+# What computes each kind of artifact (roots of its import closure). A poison adds its attack's own module
+# and a run its network's (``cached(..., code=...)``), so that URP's key does not follow the UNet that ADP's
+# surrogate is built from, and a ResNet run's key does not follow the UNet classifier.
 ARTIFACT_CODE: dict[str, tuple[str, ...]] = {
-    "poisons": ("eclipse.attacks",),
+    "poisons": ("eclipse.attacks.registry",),
     "runs": ("eclipse.training", "eclipse.victims", "eclipse.defenses"),
     "diffusion": ("eclipse.diffusion.train",),
     "purified": ("eclipse.purify",),
@@ -106,11 +108,13 @@ def code_identity(*roots: str, root: Path = PACKAGE_ROOT) -> str:
     return h.hexdigest()[:12]
 
 
-def artifact_key(kind: str, inputs: dict, *, root: Path = PACKAGE_ROOT) -> str:
-    """The cache key of an artifact of ``kind`` made from ``inputs``."""
+def artifact_key(kind: str, inputs: dict, *, root: Path = PACKAGE_ROOT, code: tuple[str, ...] = ()) -> str:
+    """The cache key of an artifact of ``kind`` made from ``inputs`` (``code``: more root modules of its
+    computation, beside the kind's own)."""
     if kind not in ARTIFACT_CODE:
         raise ValueError(f"unknown artifact kind {kind!r}; known: {', '.join(ARTIFACT_CODE)}")
-    return config_key({"inputs": inputs, "code": code_identity(*ARTIFACT_CODE[kind], root=root)})
+    roots = tuple(dict.fromkeys(ARTIFACT_CODE[kind] + tuple(code)))
+    return config_key({"inputs": inputs, "code": code_identity(*roots, root=root)})
 
 
 def artifact_path(kind: str, key: str, *, label: str = "", suffix: str = "") -> Path:
@@ -134,15 +138,15 @@ def _index(kind: str, key: str, path: Path, label: str, inputs: dict, seconds: f
 
 def cached(kind: str, inputs: dict, compute: Callable[[Path], T], *, load: Callable[[Path], T],
            save: Callable[[T, Path], Any], label: str = "", suffix: str = "",
-           done: Callable[[Path], bool] | None = None) -> tuple[T, bool, Path]:
+           done: Callable[[Path], bool] | None = None, code: tuple[str, ...] = ()) -> tuple[T, bool, Path]:
     """The artifact of ``kind`` for ``inputs``: loaded if it is complete, else computed and saved.
 
     ``compute(path)`` gets the artifact's path (a folder artifact keeps its resume state there, so an
     interrupted computation continues); ``save(value, path)`` must write atomically; ``done(path)``
     says whether a complete artifact is there (default: the path exists). Returns
-    ``(value, was_cached, path)``.
+    ``(value, was_cached, path)``. ``code``: modules computing this artifact beyond the kind's roots.
     """
-    key = artifact_key(kind, inputs)
+    key = artifact_key(kind, inputs, code=code)
     path = artifact_path(kind, key, label=label, suffix=suffix)
     is_done = done or (lambda p: p.exists())
     if is_done(path):

@@ -22,6 +22,7 @@ from .profiles import Profile, get_profile
 from .seeding import default_device
 from .storage import atomic_torch_save, atomic_write_json, cache_dir, config_key, safe_torch_load, tensor_hash
 from .training import train_victim
+from .victims import VICTIMS
 
 
 def digest(dataset: ImageSet) -> str:
@@ -48,7 +49,7 @@ def poisoned_set(clean: ImageSet, attack: str, seed: int, *, profile: Profile | 
     generation continues where it stopped."""
     import shutil
 
-    from .attacks import poison
+    from .attacks import ATTACKS, poison
 
     if profile is not None:
         params = {**get_profile(profile).attack_settings(attack), **params}
@@ -63,7 +64,8 @@ def poisoned_set(clean: ImageSet, attack: str, seed: int, *, profile: Profile | 
         shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # the resume state of a finished generation
 
     blob, _, _ = cached("poisons", {"data": digest(clean), "attack": attack, "seed": seed, "params": params},
-                        compute, load=safe_torch_load, save=save, label=attack, suffix=".pt")
+                        compute, load=safe_torch_load, save=save, label=attack, suffix=".pt",
+                        code=(ATTACKS[attack].fn.__module__,))
     return clean.with_images(blob["images"], f"{attack}({clean.source})")
 
 
@@ -84,7 +86,7 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
 
     result, was_cached, _ = cached("runs", inputs, compute, load=lambda f: json.loads((f / "result.json").read_text()),
                                    save=lambda value, folder: None, done=lambda f: (f / "result.json").exists(),
-                                   label=f"{victim.arch}-{defense}")
+                                   label=f"{victim.arch}-{defense}", code=(VICTIMS[victim.arch].__module__,))
     return {**result, "cached": was_cached}
 
 

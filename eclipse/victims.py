@@ -132,16 +132,6 @@ VICTIMS.register("vgg19", lambda k, w: vgg("vgg19", k, w), description="VGG-19 w
 VICTIMS.register("densenet121", densenet121, description="DenseNet-121 (CIFAR), growth 32 at width 64")
 
 
-def _unet_classifier(num_classes: int, width: int) -> nn.Module:
-    from .diffusion.classifier import unet_classifier
-
-    return unet_classifier(num_classes, width)
-
-
-VICTIMS.register("unet", _unet_classifier,
-                 description="the diffusion UNet as a classifier (conv + global pooling head; ADP's surrogate), "
-                             "2 x width base channels")
-
 
 def build_victim(arch: str, num_classes: int = 10, width: int = 64) -> nn.Module:
     """A victim network by name (see ``VICTIMS``)."""

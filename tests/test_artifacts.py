@@ -90,3 +90,23 @@ def test_cached_computes_once_and_indexes_readable_names(tmp_path, monkeypatch):
     assert {entry["seed"] for entry in index.values()} == {0, 1}
     with pytest.raises(ValueError, match="unknown artifact kind"):
         artifact_key("nope", {})
+
+
+def test_a_poison_key_follows_its_own_attack_not_the_others(package_copy):
+    """URP's key ignores the UNet (which ADP's surrogate is built from); ADP's follows it; runs of a ResNet too."""
+    def keys(root):
+        return {name: artifact_key("poisons", {"x": 1}, root=root, code=(f"eclipse.attacks.{name}",))
+                for name in ("urp", "em", "adp")} | {"resnet run": artifact_key("runs", {"x": 1}, root=root,
+                                                                                code=("eclipse.victims",))}
+    before = keys(package_copy)
+    unet = package_copy / "diffusion" / "unet.py"
+    text = unet.read_text()
+    signature = "    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:\n"
+    at = text.index(signature, text.index("class UNetModel")) + len(signature)
+    unet.write_text(text[:at] + "        x = x * 1.0\n" + text[at:])
+    after = keys(package_copy)
+    assert after["adp"] != before["adp"]
+    assert all(after[k] == before[k] for k in ("urp", "em", "resnet run"))
+    _edit(package_copy / "training.py", "def sgd_step(", "def _unused():\n    return 1\n\n\ndef sgd_step(")
+    edited = keys(package_copy)
+    assert edited["em"] != after["em"] and edited["urp"] == after["urp"]  # EM's surrogate trains with it

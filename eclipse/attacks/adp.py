@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from eclipse.attacks.craft import finish, identity_of, surrogate_config
 from eclipse.attacks.em import MinMin, min_min
 from eclipse.attacks.registry import AttackSpec, register
+from eclipse.diffusion import classifier  # noqa: F401  (registers the "unet" victim, ADP's surrogate)
 from eclipse.training import TrainConfig
 
 ADP_LINF_BUDGET = 8 / 255

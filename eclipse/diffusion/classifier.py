@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..victims import VICTIMS
 from .unet import UNetConfig, UNetModel, _norm
 
 
@@ -32,3 +33,8 @@ def unet_classifier(num_classes: int, width: int) -> UNetClassifier:
     config = UNetConfig(num_channels=32 * -(-2 * width // 32), num_res_blocks=3, attention_resolutions="16,8", num_heads=4,
                         learn_sigma=False)
     return UNetClassifier(config, num_classes)
+
+
+VICTIMS.register("unet", unet_classifier,
+                 description="the diffusion UNet as a classifier (conv + global pooling head; ADP's surrogate), "
+                             "2 x width base channels")
