@@ -56,14 +56,21 @@ def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick", seed: 
                              "the offline copy beside the repository, or torchvision's (ECLIPSE_DOWNLOAD=1)")
     if seed:
         parser.add_argument("--seed", type=int, default=None, help="override the profile's seed (default: the profile's, 0)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                        help="override the victim's precision (quick: bf16, which is emulated and ~7x slower than "
+                             "fp32 on CPUs without AVX512-BF16/AMX; results then differ within the seed spread)")
 
 
 def _profile(args: argparse.Namespace):
-    """The profile named by ``--profile`` with ``--seed`` applied."""
+    """The profile named by ``--profile`` with ``--seed`` and ``--precision`` applied."""
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
-    return profile.with_overrides(seed=args.seed) if getattr(args, "seed", None) is not None else profile
+    if getattr(args, "seed", None) is not None:
+        profile = profile.with_overrides(seed=args.seed)
+    if getattr(args, "precision", None) is not None:
+        profile = profile.with_overrides(victim={"precision": args.precision})
+    return profile
 
 
 def _int_at_least(low: int):

@@ -95,9 +95,10 @@ PAPER = Profile(
 )
 
 # The quick victim's recipe, used as the surrogate of the model-based poisons under quick.
-_QUICK_SURROGATE = dict(width=16, epochs=20, lr=0.1, weight_decay=5e-4, schedule="onecycle", precision="bf16",
-                        milestones=(), nesterov=False)
-_QUICK_MIN_MIN = dict(width=16, precision="bf16")
+# fp32: bf16 autocast is emulated (7x slower) on CPUs without AVX512-BF16, and a surrogate need not match the victim.
+_QUICK_SURROGATE = dict(width=16, epochs=20, lr=0.1, weight_decay=5e-4, schedule="onecycle", milestones=(),
+                        nesterov=False)
+_QUICK_MIN_MIN = dict(width=16)
 
 QUICK = Profile(
     name="quick", train_size=10_000, eval_size=None,
@@ -110,8 +111,8 @@ QUICK = Profile(
     # 10 epochs; no crop: 12.7%), so URP's victim trains without random crop, labelled in every table.
     attack_victim={"urp": {"crop_padding": 0}},
     # Model-based poisons at CPU scale (each cut from its recipe, module docstrings in eclipse/attacks/): the
-    # surrogates are the quick victim (ResNet-18 width 16, 20 one-cycle epochs, bf16) instead of the recipes'
-    # full-width 40-120-epoch runs. PROVISIONAL: not yet calibrated by a measured sweep (issue 15).
+    # surrogates are the quick victim's recipe (ResNet-18 width 16, 20 one-cycle epochs; fp32) instead of the
+    # recipes' full-width 40-120-epoch runs. PROVISIONAL: not yet calibrated by a measured sweep (issue 15).
     attack_params={
         "em": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 15, "surrogate": dict(_QUICK_MIN_MIN)},
         "rem": {"train_steps": 300, "def_steps": 5, "def_step_size": 3.2 / 255, "adv_steps": 3,
@@ -120,7 +121,7 @@ QUICK = Profile(
         "sep": {"num_models": 5, "surrogate": dict(_QUICK_SURROGATE)},
         "efp": {"iterations": 50, "at_steps": 3, "at_step_size": 2 / 255, "reference": dict(_QUICK_SURROGATE)},
         "adp": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 10, "eot": 2, "gray_p": 0.8,
-                "surrogate": {"width": 16, "precision": "bf16"}},
+                "surrogate": {"width": 16}},
     },
     # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
     # (figures/quick-sampler-accuracy.csv) one_shot (the x0 prediction at t*, 1 network call) purified the

@@ -57,3 +57,13 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' asked for, but MPS is not available here")
     return device
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated
+    and several times slower than fp32 (7x measured on a 2-core AVX2 machine). Linux only; True elsewhere."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

@@ -8,6 +8,7 @@ the same.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet
 from .defenses import Defense, make_defense
-from .seeding import default_device, seed_everything
+from .seeding import default_device, native_bf16, seed_everything
 from .storage import atomic_torch_save, atomic_write_json, safe_torch_load
 from .victims import build_victim
 
@@ -136,6 +137,9 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
     defense = make_defense(defense, num_classes=len(train.classes)) if isinstance(defense, str) else defense
     _autocast(config.precision, torch.device("cpu"))  # fail early on a bad name
     device = torch.device(device) if device is not None else default_device()
+    if config.precision == "bf16" and device.type == "cpu" and not native_bf16():
+        warnings.warn("bf16 autocast on a CPU without AVX512-BF16/AMX is emulated, several times slower than fp32 "
+                      "(`--precision fp32`; results then differ within the victim-seed spread)", stacklevel=2)
     identity = {"config": asdict(config), "defense": defense.name, "defense_params": dict(defense.params),
                 "seed": seed, "n_train": len(train), "n_test": len(test), "train_source": train.source}
     out_dir = Path(out_dir) if out_dir is not None else None

@@ -68,3 +68,22 @@ def test_reproduce_parameters_are_read_as_yaml():
 
     with pytest.raises(ValueError, match="not a Python identifier"):
         parse_parameters([["bad-name", "1"]])
+
+
+def test_precision_flag_overrides_the_profile_victim_and_says_when_bf16_is_emulated(monkeypatch):
+    import warnings
+
+    from eclipse import cli, seeding, training
+
+    args = cli.build_parser().parse_args(["table", "--profile", "quick", "--precision", "fp32"])
+    assert cli._profile(args).victim.precision == "fp32"
+    args = cli.build_parser().parse_args(["table", "--profile", "quick"])
+    assert cli._profile(args).victim.precision == "bf16"
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    small = data.ImageSet(torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 10, source="zeros")
+    config = training.TrainConfig(width=8, epochs=1, batch_size=10, precision="bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training.train_victim(small, small, config, progress=False)
+    assert any("emulated" in str(w.message) for w in caught)
+    assert isinstance(seeding.native_bf16(), bool)
