@@ -45,17 +45,21 @@ def test_every_model_based_attack_is_registered_with_its_budget():
 
 
 @pytest.mark.parametrize("name", MODEL_BASED)
-def test_attack_stays_in_budget_changes_images_and_is_seeded(name, reference_poisons):
+def test_attack_stays_in_budget_and_changes_images(name, reference_poisons):
     images, labels = tiny_set()
     poisoned = reference_poisons[name]
     norms = perturbation_norms(poisoned, images)
     assert poisoned.dtype == torch.uint8 and poisoned.shape == images.shape
     assert float(norms["linf"].max()) <= 8 / 255 + 1e-9          # after 8-bit quantisation
     assert int((norms["l0"] > 0).sum()) >= 0.9 * len(images)     # it perturbs (nearly) every image
-    again = poison(name, images, labels, seed=0, progress=False, **settings(name))
-    assert torch.equal(again, poisoned)                          # same seed, same poison
+    # same seed, same poison: the SIGKILL test below regenerates each poison in another process
+
+
+@pytest.mark.parametrize("name", ["em", "tap"])
+def test_another_seed_gives_another_poison(name, reference_poisons):
+    images, labels = tiny_set()
     other = poison(name, images, labels, seed=1, progress=False, **settings(name))
-    assert not torch.equal(other, poisoned)                      # another seed, another poison
+    assert not torch.equal(other, reference_poisons[name])
 
 
 _CHILD = r"""
@@ -212,11 +216,11 @@ def test_cli_poison_runs_a_model_based_attack(tmp_path):
     from eclipse.data import load_images
     from eclipse.storage import cache_dir
 
-    out = tmp_path / "em.npz"
-    assert main(["poison", "--attack", "em", "--profile", "smoke", "--out", str(out)]) == 0
+    out = tmp_path / "tap.npz"
+    assert main(["poison", "--attack", "tap", "--profile", "smoke", "--out", str(out)]) == 0
     poisoned = load_images(out)
     assert len(poisoned) == SMOKE.train_size
     folder = cache_dir() / "poisons"
     index = json.loads((folder / "index.json").read_text())
-    assert "em" in [entry["label"] for entry in index.values()]
-    assert not [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("em-")]  # resume state removed
+    assert "tap" in [entry["label"] for entry in index.values()]
+    assert not [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("tap-")]  # resume state removed
