@@ -29,6 +29,15 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def _edit_unet_forward(root: Path) -> None:
+    """Add one statement to ``UNetModel.forward`` in the package copy at ``root``."""
+    unet = root / "diffusion" / "unet.py"
+    text = unet.read_text()
+    signature = "    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:\n"
+    at = text.index(signature, text.index("class UNetModel")) + len(signature)
+    unet.write_text(text[:at] + "        x = x * 1.0\n" + text[at:])
+
+
 def test_docstring_and_comment_edits_keep_every_cache_identity(package_copy):
     before = _keys(package_copy)
     assert before == _keys(PACKAGE)  # a copy of the same code has the same identity
@@ -44,11 +53,7 @@ def test_docstring_and_comment_edits_keep_every_cache_identity(package_copy):
 
 def test_changing_the_unet_forward_changes_the_diffusion_identity(package_copy):
     before = _keys(package_copy)
-    unet = package_copy / "diffusion" / "unet.py"
-    text = unet.read_text()
-    signature = "    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:\n"
-    at = text.index(signature, text.index("class UNetModel")) + len(signature)
-    unet.write_text(text[:at] + "        x = x * 1.0\n" + text[at:])
+    _edit_unet_forward(package_copy)
     after = _keys(package_copy)
     assert after["diffusion"] != before["diffusion"]
     assert after["poisons"] == before["poisons"] and after["runs"] == before["runs"]
@@ -99,11 +104,7 @@ def test_a_poison_key_follows_its_own_attack_not_the_others(package_copy):
                 for name in ("urp", "em", "adp")} | {"resnet run": artifact_key("runs", {"x": 1}, root=root,
                                                                                 code=("eclipse.victims",))}
     before = keys(package_copy)
-    unet = package_copy / "diffusion" / "unet.py"
-    text = unet.read_text()
-    signature = "    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:\n"
-    at = text.index(signature, text.index("class UNetModel")) + len(signature)
-    unet.write_text(text[:at] + "        x = x * 1.0\n" + text[at:])
+    _edit_unet_forward(package_copy)
     after = keys(package_copy)
     assert after["adp"] != before["adp"]
     assert all(after[k] == before[k] for k in ("urp", "em", "resnet run"))

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,12 +86,6 @@ def signed_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, epsil
     return (clean + delta).clamp_(0.0, 1.0) - clean
 
 
-def batches(n: int, size: int) -> Iterator[torch.Tensor]:
-    """Consecutive index ranges of at most ``size`` over ``range(n)``."""
-    for start in range(0, n, size):
-        yield torch.arange(start, min(start + size, n))
-
-
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 on [0, 1]."""
     return images.float().div_(255.0)
@@ -101,25 +95,6 @@ def finish(images: torch.Tensor, delta: torch.Tensor, epsilon: float, labels: to
     """8-bit poisoned images from uint8 ``images`` and ``delta`` (per sample, or per class with ``labels``)."""
     per_image = delta[labels] if labels is not None and delta.shape[0] != images.shape[0] else delta
     return quantise_linf(images, per_image.detach().cpu().clamp(-epsilon, epsilon), epsilon)
-
-
-@torch.no_grad()
-def accuracy_on(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy (fraction) of ``model`` (as it is, train or eval mode) on float images ``x``."""
-    device = next(model.parameters()).device
-    correct = 0
-    for index in batches(x.shape[0], batch_size):
-        correct += int((model(x[index].to(device)).argmax(1).cpu() == labels[index]).sum())
-    return correct / max(1, x.shape[0])
-
-
-def loss_grad(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean"):
-    """Cross-entropy of ``model(x)`` toward ``target`` and its gradient with respect to ``x``."""
-    device = next(model.parameters()).device
-    x = x.detach().to(device).requires_grad_(True)
-    loss = F.cross_entropy(model(x), target.to(device), reduction=reduction)
-    (grad,) = torch.autograd.grad(loss, x)
-    return loss.detach(), grad.cpu()
 
 
 # --------------------------------------------------------------------------------------------

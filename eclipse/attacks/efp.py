@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse.attacks.craft import (Checkpoint, batches, finish, identity_of, shift_flip, signed_step, start,
+from eclipse.attacks.craft import (Checkpoint, finish, identity_of, shift_flip, signed_step, start,
                                    surrogate_config, to_unit, train_surrogate)
+from eclipse.attacks.quantise import chunks
 from eclipse.attacks.registry import AttackSpec, register
 from eclipse.defenses import make_defense
 from eclipse.training import TrainConfig
@@ -50,7 +51,7 @@ def penultimate(model: torch.nn.Module):
 def class_centroids(features, clean: torch.Tensor, labels: torch.Tensor, num_classes: int, device) -> torch.Tensor:
     """Mean feature of each class over the clean images."""
     sums, counts = None, torch.bincount(labels, minlength=num_classes).float()
-    for index in batches(clean.shape[0], 500):
+    for index in chunks(clean.shape[0], 500):
         f = features(clean[index].to(device)).float().cpu()
         sums = torch.zeros(num_classes, f.shape[1]) if sums is None else sums
         sums.index_add_(0, labels[index], f)
@@ -84,7 +85,7 @@ def efp(images: torch.Tensor, labels: torch.Tensor, *, seed: int, num_classes: i
     for _ in tqdm(range(state["iteration"], iterations), initial=state["iteration"], total=iterations, desc="efp",
                   disable=not progress, leave=False):
         order = torch.randperm(clean.shape[0])
-        for part in batches(len(order), batch_size):
+        for part in chunks(len(order), batch_size):
             index = order[part]
             x = (clean[index] + state["delta"][index]).requires_grad_(True)
             f = features(shift_flip(x).to(device))

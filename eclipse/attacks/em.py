@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse.attacks.craft import Checkpoint, batches, finish, identity_of, start, surrogate_config, to_unit
+from eclipse.attacks.craft import Checkpoint, finish, identity_of, start, surrogate_config, to_unit
+from eclipse.attacks.quantise import chunks
 from eclipse.attacks.registry import AttackSpec, register
 from eclipse.data import balanced_indices
 from eclipse.training import TrainConfig, _autocast, sgd_step
@@ -115,7 +116,7 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
         model.eval()
         order = fit_index[torch.randperm(len(fit_index))] if classwise else fit_index
         noise = state["delta"].clone()
-        for index in batches(len(order), surrogate.batch_size):
+        for index in chunks(len(order), surrogate.batch_size):
             index = order[index]
             start_noise = noise[labels[index]] if classwise else noise[index]
             eta = _descend(model, clean[index], start_noise, labels[index], settings, transform, surrogate, device)
@@ -160,7 +161,7 @@ def _descend(model, clean: torch.Tensor, noise: torch.Tensor, labels: torch.Tens
 @torch.no_grad()
 def _accuracy(model, perturbed, labels: torch.Tensor, index: torch.Tensor, surrogate: TrainConfig, device) -> float:
     correct = 0
-    for part in batches(len(index), 1000):
+    for part in chunks(len(index), 1000):
         idx = index[part]
         with _autocast(surrogate.precision, device):
             logits = model(perturbed(idx).to(device, memory_format=torch.channels_last))

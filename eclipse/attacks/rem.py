@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse.attacks.craft import Checkpoint, augment, batches, finish, identity_of, start, surrogate_config, to_unit
+from eclipse.attacks.craft import Checkpoint, augment, finish, identity_of, start, surrogate_config, to_unit
+from eclipse.attacks.quantise import chunks
 from eclipse.attacks.registry import AttackSpec, register
 from eclipse.defenses import pgd_examples
 from eclipse.training import TrainConfig, sgd_step
@@ -101,7 +102,7 @@ def rem(images: torch.Tensor, labels: torch.Tensor, *, seed: int, num_classes: i
         state["step"] = step + 1
         save()
     model.eval()
-    parts = list(batches(n, batch))
+    parts = list(chunks(n, batch))
     for i in tqdm(range(state["final"], len(parts)), initial=state["final"], total=len(parts), desc="rem final pass",
                   disable=not progress, leave=False):
         state["delta"][parts[i]] = _defensive_noise(model, clean[parts[i]], labels[parts[i]], **noise_args)

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse.attacks.craft import (Checkpoint, batches, finish, identity_of, signed_step, start, surrogate_config,
+from eclipse.attacks.craft import (Checkpoint, finish, identity_of, signed_step, start, surrogate_config,
                                    to_unit, train_surrogate)
+from eclipse.attacks.quantise import chunks
 from eclipse.attacks.registry import AttackSpec, register
 from eclipse.storage import atomic_torch_save, safe_torch_load
 from eclipse.training import TrainConfig
@@ -75,7 +76,7 @@ def sep(images: torch.Tensor, labels: torch.Tensor, *, seed: int, num_classes: i
     saved = checkpoint.load()
     if saved is not None:
         state.update({k: saved[k] for k in state})
-    parts = list(batches(clean.shape[0], batch_size))
+    parts = list(chunks(clean.shape[0], batch_size))
     bar = tqdm(total=len(parts) * iterations, initial=state["batch"] * iterations + state["iteration"], desc="sep",
                disable=not progress, leave=False)
     while state["batch"] < len(parts):

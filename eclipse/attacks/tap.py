@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse.attacks.craft import (Checkpoint, batches, finish, identity_of, shift_flip, signed_step, start,
+from eclipse.attacks.craft import (Checkpoint, finish, identity_of, shift_flip, signed_step, start,
                                    surrogate_config, to_unit, train_surrogate)
+from eclipse.attacks.quantise import chunks
 from eclipse.attacks.registry import AttackSpec, register
 from eclipse.training import TrainConfig
 
@@ -39,7 +40,7 @@ def targeted_pass(model, clean: torch.Tensor, delta: torch.Tensor, target: torch
     the new ``delta`` and the batch-averaged loss before the steps (TAP's restart score)."""
     losses = []
     delta = delta.clone()
-    for index in batches(clean.shape[0], batch_size):
+    for index in chunks(clean.shape[0], batch_size):
         x = (clean[index] + delta[index]).requires_grad_(True)
         loss = F.cross_entropy(model(augmentation(x).to(device).contiguous(memory_format=torch.channels_last)),
                                target[index].to(device))
