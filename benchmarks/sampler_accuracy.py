@@ -55,13 +55,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for text in args.samplers:
         sampler, steps = parse_sampler(text)
         nfe = network_evaluations(sampler, profile.t_star, steps)
-        sample = poisoned_set(sets["train"], args.attacks[0], profile.seed).images[: args.time_images]
+        sample = poisoned_set(sets["train"], args.attacks[0], profile.seed, profile=profile).images[: args.time_images]
         tick = time.perf_counter()
         purify(sample, model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,
                batch_size=profile.purify_batch_size, progress=False)
         img_s = len(sample) / (time.perf_counter() - tick)
         for attack in args.attacks:
-            data = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed)
+            data = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, profile=profile)
             result = eclipse_run(data, sets["eval"], profile, "A+B+C", purifier=(model, schedule, key),
                                  victim=profile.victim_overrides(attack), sampler=sampler, steps=steps)
             rows.append({"sampler": text, "nfe_per_image": nfe, "img_per_s": round(img_s, 2),

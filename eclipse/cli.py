@@ -257,6 +257,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                    wall_time_s=time.perf_counter() - started, victim=asdict(profile.victim),
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
                    attack_victim=profile.attack_victim,
+                   attack_params={a: profile.attack_settings(a) for a in args.attacks if profile.attack_settings(a)},
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
                    **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,
                                    "diffusion_train": profile.diffusion_train}}

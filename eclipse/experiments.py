@@ -45,14 +45,53 @@ def poisoned_set(clean: ImageSet, attack: str, seed: int, *, profile: Profile | 
     """``clean`` poisoned by ``attack`` (cached by content, attack, parameters, seed and code).
 
     ``profile``: its generation settings for ``attack`` (``Profile.attack_params``) under ``params``. A
-    model-based generation keeps its resume state next to the cache entry until it is finished, so a killed
-    generation continues where it stopped."""
+    model-based poison under a profile is crafted once, on the profile's training set (``craft_train_size``),
+    and ``clean`` (a subset of that set: a sweep victim's 5,000 images, a notebook's gallery) gets its rows:
+    the attacker poisons the whole training set, and a surrogate fitted to a 200-image gallery would be a
+    different attack. A model-based generation keeps its resume state next to the cache entry until it is
+    finished, so a killed generation continues where it stopped."""
+    from .attacks import ATTACKS
+
+    if profile is not None:
+        profile = get_profile(profile)
+        params = {**profile.attack_settings(attack), **params}
+        if ATTACKS[attack].family == "model-based":
+            crafted_on = craft_set(profile)
+            if digest(crafted_on) != digest(clean):
+                rows = rows_in(clean, crafted_on, f"{attack}: the {profile.name} profile crafts it on "
+                                                  f"{crafted_on.source}")
+                whole = _poisoned(crafted_on, attack, seed, params, progress)
+                return whole.subset(rows, f"{attack}({clean.source})")
+    return _poisoned(clean, attack, seed, params, progress)
+
+
+def craft_set(profile: Profile | str) -> ImageSet:
+    """The clean training set ``profile``'s model-based poisons are crafted on (``craft_train_size`` images,
+    default ``train_size``; the same seeded class-balanced draw, so a smaller draw is a subset of it)."""
+    profile = get_profile(profile)
+    size = profile.craft_train_size or profile.train_size
+    return train_subset(load_cifar10("train"), size, profile.seed)
+
+
+def rows_in(part: ImageSet, whole: ImageSet, what: str = "") -> torch.Tensor:
+    """The row of ``whole`` holding each image of ``part`` (same pixels and label); an error names the first
+    image of ``part`` that ``whole`` lacks."""
+    flat = whole.images.reshape(len(whole), -1).numpy()
+    where = {(flat[i].tobytes(), int(whole.labels[i])): i for i in range(len(whole))}
+    rows = []
+    for i, row in enumerate(part.images.reshape(len(part), -1).numpy()):
+        found = where.get((row.tobytes(), int(part.labels[i])))
+        if found is None:
+            raise ValueError(f"{part.source}: image {i} is not in {whole.source}"
+                             + (f" ({what}); pass profile=None to craft the poison on these images" if what else ""))
+        rows.append(found)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _poisoned(clean: ImageSet, attack: str, seed: int, params: dict, progress: bool) -> ImageSet:
     import shutil
 
     from .attacks import ATTACKS, poison
-
-    if profile is not None:
-        params = {**get_profile(profile).attack_settings(attack), **params}
 
     def compute(path: Path) -> dict:
         images = poison(attack, clean.images, clean.labels, seed=seed, num_classes=len(clean.classes),

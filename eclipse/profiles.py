@@ -42,6 +42,10 @@ class Profile:
     # Per-attack generation settings over each attack's published recipe (empty for paper): the model-based
     # poisons' cuts of steps, restarts, surrogate width and epochs, labelled here, e.g. {"tap": {"restarts": 1}}.
     attack_params: dict = field(default_factory=dict)
+    # Training images the model-based poisons are crafted on (None: ``train_size``). A sweep profile keeps its
+    # parent's size here, so that its victims train on rows of the main tables' poison (the 5,000 sweep images
+    # are a subset of the 10,000) instead of a second, smaller generation. See ``experiments.poisoned_set``.
+    craft_train_size: int | None = None
     # Victim training images for the sweep notebooks (02: Fig. 3, Tables 5-6, Fig. 5a; 05: Table 4; 06: Fig. 5b-c,
     # Table 7), which train many victims each; None: ``train_size``. See :func:`sweep_profile`.
     sweep_train_size: int | None = None
@@ -114,13 +118,17 @@ QUICK = Profile(
     # surrogates are the quick victim's recipe (ResNet-18 width 16, 20 one-cycle epochs; fp32) instead of the
     # recipes' full-width 40-120-epoch runs. PROVISIONAL: not yet calibrated by a measured sweep (issue 15).
     attack_params={
-        "em": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 15, "surrogate": dict(_QUICK_MIN_MIN)},
+        # EM: 50 training batches a round (the recipe: 10) and 5 noise steps of 1.6/255 (20 of 0.8/255): with 10
+        # batches a round the width-16 surrogate fitted too slowly (error 0.90 -> 0.81 in 11 rounds, 5,000
+        # images); with 50 it stopped at 0.6% error in 5 rounds (2,000 images, 51 s a round).
+        "em": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 12,
+               "surrogate": dict(_QUICK_MIN_MIN)},
         "rem": {"train_steps": 300, "def_steps": 5, "def_step_size": 3.2 / 255, "adv_steps": 3,
                 "adv_step_size": 2 / 255, "eot": 1, "surrogate": dict(_QUICK_MIN_MIN)},
         "tap": {"iterations": 50, "restarts": 1, "surrogate": dict(_QUICK_SURROGATE)},
-        "sep": {"num_models": 5, "surrogate": dict(_QUICK_SURROGATE)},
+        "sep": {"num_models": 5, "iterations": 10, "step_size": 2 / 255, "surrogate": dict(_QUICK_SURROGATE)},
         "efp": {"iterations": 50, "at_steps": 3, "at_step_size": 2 / 255, "reference": dict(_QUICK_SURROGATE)},
-        "adp": {"steps": 10, "step_size": 1.6 / 255, "max_rounds": 10, "eot": 2, "gray_p": 0.8,
+        "adp": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 10, "eot": 2, "gray_p": 0.8,
                 "surrogate": {"width": 16}},
     },
     # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
@@ -209,14 +217,26 @@ def setting_label(overrides: dict) -> str:
     return ", ".join(parts)
 
 
+def attack_settings_label(profile: "str | Profile", attack: str) -> str:
+    """The profile's cuts of ``attack``'s recipe as one line (``""``: the published recipe), e.g.
+    ``"iterations=50, restarts=1, surrogate: width=16, epochs=20"``; tables carry it beside the attack."""
+    settings = get_profile(profile).attack_settings(attack)
+    flat = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items() if not isinstance(v, dict)]
+    nested = [f"{k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in settings.items()
+              if isinstance(v, dict) and v]
+    return ", ".join(flat + nested)
+
+
 def sweep_profile(profile: "str | Profile") -> Profile:
     """The profile the sweep notebooks train their victims under: ``train_size`` set to ``sweep_train_size``
     (``quick``: 5,000 of the main tables' 10,000 images, so that the whole reproduction fits 3 hours on 2
-    CPU cores); every other setting, the diffusion model included, is the profile's own."""
+    CPU cores); every other setting, the diffusion model included, is the profile's own, and the model-based
+    poisons are still crafted on the profile's own training set (``craft_train_size``)."""
     profile = get_profile(profile)
     if profile.sweep_train_size is None or profile.sweep_train_size == profile.train_size:
         return profile
-    return profile.with_overrides(train_size=profile.sweep_train_size)
+    return profile.with_overrides(train_size=profile.sweep_train_size,
+                                  craft_train_size=profile.craft_train_size or profile.train_size)
 
 
 def victim_label(profile: "str | Profile") -> str:

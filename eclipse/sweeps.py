@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import method
 from .experiments import clean_data, diffusion_model, poisoned_set, victim_run
-from .profiles import Profile, get_profile, setting_label
+from .profiles import Profile, attack_settings_label, get_profile, setting_label
 
 
 def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
@@ -21,7 +21,8 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
 
     Where the profile trains an attack's victim differently (``profile.attack_victim``, e.g. URP without
     random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
-    display label ``row``, e.g. ``urp (no crop)``), and, if ``clean`` is in ``attacks``, a ``clean`` row
+    display label ``row``, e.g. ``urp (no crop)``; the profile's cuts of a model-based poison's recipe are in
+    ``poison_settings``), and, if ``clean`` is in ``attacks``, a ``clean`` row
     with the same setting (method ``none``) is added as its reference (``reference_rows=False``: not)."""
     profile = get_profile(profile)
     sets = clean_data(profile, data)
@@ -46,6 +47,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
         setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
         rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
                      "method": name, "test_acc": result["test_acc"],
+                     "poison_settings": "" if attack == "clean" else attack_settings_label(profile, attack),
                      "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
         if log:
             log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {name:<14} {result['test_acc']:6.2f}%  "

@@ -42,7 +42,7 @@ def main(items: list[str]) -> None:
                 kind = type(getattr(QUICK.victim, key))
                 overrides[key] = kind(value)
         train = train_subset(base["train"], size, QUICK.seed) if size != QUICK.train_size else base["train"]
-        data = train if attack == "clean" else poisoned_set(train, attack, QUICK.seed, **attack_params)
+        data = train if attack == "clean" else poisoned_set(train, attack, QUICK.seed, profile=QUICK, **attack_params)
         result = victim_run(data, base["eval"], QUICK, "none", progress=False, **overrides)
         row = {"attack": attack, "attack_params": " ".join(f"{k}={v:g}" for k, v in attack_params.items()),
                "crop": crop == "crop", "train_size": size,

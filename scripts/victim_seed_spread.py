@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     started = time.perf_counter()
     profile = sweep_profile(get_profile(args.profile))
     sets = clean_data(profile)
-    poisoned = poisoned_set(sets["train"], args.attack, profile.seed)
+    poisoned = poisoned_set(sets["train"], args.attack, profile.seed, profile=profile)
     unknown = sorted(set(args.points or []) - set(points(profile)))
     if unknown:
         parser.error(f"--points {' '.join(unknown)}: not in the {profile.name} grid ({', '.join(points(profile))})")

@@ -224,3 +224,26 @@ def test_cli_poison_runs_a_model_based_attack(tmp_path):
     index = json.loads((folder / "index.json").read_text())
     assert "tap" in [entry["label"] for entry in index.values()]
     assert not [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("tap-")]  # resume state removed
+
+
+def test_a_subset_gets_the_rows_of_the_poison_crafted_on_the_profiles_training_set():
+    """Under a profile, a model-based poison is crafted once on the profile's training set (a sweep profile:
+    its parent's) and a subset of it (a sweep victim's images, a gallery) gets its rows, not a new poison."""
+    from eclipse.experiments import clean_data, craft_set, poisoned_set
+    from eclipse.profiles import sweep_profile
+
+    parent = SMOKE.with_overrides(train_size=200, sweep_train_size=100)
+    sweep = sweep_profile(parent)
+    assert (sweep.train_size, sweep.craft_train_size) == (100, 200)
+    whole = poisoned_set(craft_set(sweep), "tap", 0, profile=sweep, progress=False)
+    assert len(whole) == 200
+    small = clean_data(sweep)["train"]
+    part = poisoned_set(small, "tap", 0, profile=sweep, progress=False)
+    big_clean = craft_set(sweep).images.reshape(200, -1)
+    for i in range(0, len(small), 17):  # the same images, poisoned as in the whole set
+        j = int((big_clean == small.images[i].reshape(-1)).all(1).nonzero()[0])
+        assert torch.equal(part.images[i], whole.images[j]) and part.labels[i] == whole.labels[j]
+    assert not torch.equal(part.images, small.images)
+    outsider = small.with_images(255 - small.images, "inverted")
+    with pytest.raises(ValueError, match="not in"):
+        poisoned_set(outsider, "tap", 0, profile=sweep, progress=False)
