@@ -277,25 +277,29 @@ def cmd_poison(args: argparse.Namespace) -> int:
     _say(f"reading CIFAR-10 and drawing the {profile.name} profile's training subset ...")
     clean = clean_data(profile, args.data)["train"]
     _say(f"poisoning {len(clean)} images with {args.attack} ({time.perf_counter() - started:.0f}s so far) ...")
-    poisoned = poisoned_set(clean, args.attack, profile.seed, profile=profile)
+    overrides = parse_parameters(args.attack_params, "attack parameter")
+    if overrides:
+        _say(f"{args.attack} parameters over the {profile.name} profile's: {overrides}")
+    poisoned = poisoned_set(clean, args.attack, profile.seed, profile=profile, **overrides)
     path = save_images(poisoned, args.out)
     print(f"{args.attack}: {len(poisoned)} images -> {path} ({time.perf_counter() - started:.1f}s in all, "
           "data loading included)")
     return 0
 
 
-def parse_parameters(pairs: list[list[str]] | None) -> dict:
-    """``-p NAME VALUE`` pairs -> notebook parameters, each VALUE read as YAML (``[lsp, ar]``, ``0.4``, ``null``)."""
+def parse_parameters(pairs: list[list[str]] | None, what: str = "notebook parameter") -> dict:
+    """``-p NAME VALUE`` pairs -> notebook (or attack) parameters, each VALUE read as YAML (``[lsp, ar]``, ``0.4``,
+    ``null``)."""
     import yaml
 
     out = {}
     for name, value in pairs or []:
         if not name.isidentifier():
-            raise ValueError(f"notebook parameter name {name!r} is not a Python identifier")
+            raise ValueError(f"{what} name {name!r} is not a Python identifier")
         try:
             out[name] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ValueError(f"notebook parameter {name}: cannot read {value!r} ({err})") from None
+            raise ValueError(f"{what} {name}: cannot read {value!r} ({err})") from None
     return out
 
 
@@ -573,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(p)
     p.add_argument("--attack", required=True, choices=reg["attacks"].names(), metavar="ATTACK", help=attacks_help)
     p.add_argument("--out", required=True, help="output: .pkl (ECLIPSE format), .npz or a folder (PNG ImageFolder)")
+    p.add_argument("--set", dest="attack_params", action="append", nargs=2, metavar=("NAME", "VALUE"), default=None,
+                   help="an attack parameter over the profile's (VALUE read as YAML), e.g. `--set restarts 8`, "
+                        "`--set purifier model.pt` (ADP through a purifier); repeatable")
 
     p = command("train-diffusion", cmd_train_diffusion, "train the sparse-set diffusion model (cached, resumable)")
     _profile_arg(p)

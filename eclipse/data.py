@@ -200,6 +200,14 @@ def _content_key(path: Path) -> str:
 _HASHES: dict[tuple, str] = {}
 
 
+def content_key(path: str | os.PathLike) -> str:
+    """sha256 of a file's content (a folder: of its image files' names and content); memoised per process."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    return _content_key(path)
+
+
 def _cached(path: Path, split: str | None, reader) -> ImageSet:
     """Decode ``path`` with ``reader`` once; later loads of the same content come from the cache."""
     key = config_key({"content": _content_key(path), "split": split, "reader": reader.__name__, "version": 2})

@@ -102,7 +102,11 @@ def _poisoned(clean: ImageSet, attack: str, seed: int, params: dict, progress: b
         atomic_torch_save(blob, path)
         shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # the resume state of a finished generation
 
-    blob, _, _ = cached("poisons", {"data": digest(clean), "attack": attack, "seed": seed, "params": params},
+    from .data import content_key
+
+    keyed = {k: {"file": content_key(v)} if k in ATTACKS[attack].file_params and v is not None else v
+             for k, v in params.items()}  # a checkpoint's content, not its path, names the poison
+    blob, _, _ = cached("poisons", {"data": digest(clean), "attack": attack, "seed": seed, "params": keyed},
                         compute, load=safe_torch_load, save=save, label=attack, suffix=".pt",
                         code=(ATTACKS[attack].fn.__module__,))
     return clean.with_images(blob["images"], f"{attack}({clean.source})")

@@ -21,6 +21,10 @@ ATTACKS = ["EM", "TAP", "REM", "SEP", "EFP", "URP", "LSP", "AR"]
 """The paper's eight poisons, in its column order."""
 
 PAPER_ATTACK = {a.lower(): a for a in ATTACKS} | {"adp": "ADP"}
+
+FREQUENCY_FAMILY = {"EM": "low", "REM": "low", "EFP": "low", "LSP": "low", "SEP": "high (robust)",
+                    "TAP": "high (fragile)", "URP": "high (fragile)", "AR": "high (fragile)"}
+"""The paper's frequency families of its eight poisons (Sec. 4): Table 4 and Fig. 2a are read by them."""
 """Our attack id -> the paper's column (OPS and ``clean`` are not among the paper's poisons)."""
 
 # Table 1, ResNet-18 (lines 473-496). Columns: the eight poisons, ADP (the paper's adaptive attack on ECLIPSE)

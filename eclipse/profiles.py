@@ -74,6 +74,11 @@ class Profile:
         return replace(self, **changes)
 
 
+# The paper's eight poisons (Table 1) and OPS (an L0 poison it also evaluates), for the figures of every poison.
+_PAPER_POISONS = ["em", "rem", "tap", "sep", "efp", "urp", "lsp", "ar", "ops"]
+# smoke: the model-free four and one model-based poison, so that the tests run the model-based path in each notebook
+_SMOKE_POISONS = ["urp", "lsp", "ar", "ops", "sep"]
+
 PAPER = Profile(
     name="paper", train_size=None, eval_size=None,
     victim=TrainConfig(arch="resnet18", width=64, epochs=80, batch_size=128, lr=0.1, schedule="constant"),
@@ -82,7 +87,8 @@ PAPER = Profile(
     diffusion_train=dict(iterations=250_000, batch_size=128, lr=1e-4, ema_rate=0.9999, t_max=None),
     purify_batch_size=256,
     grids=dict(
-        noise_assimilation=dict(n_images=5000),
+        noise_assimilation=dict(n_images=5000, attacks=_PAPER_POISONS),
+        gallery=dict(attacks=_PAPER_POISONS),
         sparse_diffusion=dict(attacks=["urp", "lsp", "ar"], enlargements=["replicate", "crop", "flip", "rotation", "mixup"],
                               replicas=[0, 2, 4, 6], sparse_sizes=[500, 1000, 1500, 2000],
                               iterations=[50_000, 100_000, 150_000, 200_000, 250_000], variant_iterations=250_000),
@@ -93,7 +99,7 @@ PAPER = Profile(
         hyperparameters=dict(attacks={"p": ["lsp", "ar", "urp"], "sigma": ["lsp", "ar", "urp"], "t*": ["lsp", "ar", "urp"]},
                              gray_ps=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], sigmas=[0.025, 0.05, 0.075, 0.1],
                              t_stars=[50, 100, 150]),
-        residuals=dict(n_images=1000),
+        residuals=dict(n_images=1000, attacks=_PAPER_POISONS),
     ),
     description="the paper's settings: 50,000 images, ResNet-18 80 epochs, 128-channel UNet 250k iterations (GPU)",
 )
@@ -150,7 +156,8 @@ QUICK = Profile(
     # epochs clean 61.0%, URP (no crop) 12.9%, LSP 25.4% (figures/quick-calibration-sweep.csv, size 5000).
     sweep_train_size=5_000,
     grids=dict(
-        noise_assimilation=dict(n_images=1000),
+        noise_assimilation=dict(n_images=1000, attacks=["urp", "lsp", "ar", "ops"]),
+        gallery=dict(attacks=["urp", "lsp", "ar", "ops"]),
         # 02 on URP only, its variants at I/4 = 300 iterations (Fig. 5a: 300/600/1200 continue one training)
         sparse_diffusion=dict(attacks=["urp"], enlargements=["replicate", "crop"], replicas=[0, 4],
                               sparse_sizes=[1000, 2000], iterations=[300, 600, 1200], variant_iterations=300),
@@ -160,7 +167,7 @@ QUICK = Profile(
         ablation=dict(attacks=["urp", "lsp"]),  # AR does not poison the 5,000-image sweep victim
         hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
-        residuals=dict(n_images=200),
+        residuals=dict(n_images=200, attacks=["urp", "lsp", "ar", "ops"]),
     ),
     description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 3 h cold)",
 )
@@ -184,14 +191,15 @@ SMOKE = Profile(
     diffusion_train=dict(iterations=10, batch_size=16, lr=1e-4, ema_rate=0.99, t_max=20),
     purify_batch_size=250,
     grids=dict(
-        noise_assimilation=dict(n_images=64),
+        noise_assimilation=dict(n_images=64, attacks=_SMOKE_POISONS),
+        gallery=dict(attacks=_SMOKE_POISONS),
         sparse_diffusion=dict(attacks=["lsp"], enlargements=["replicate", "crop"], replicas=[1], sparse_sizes=[50],
                               iterations=[10], variant_iterations=10),
         main_results=dict(attacks=["urp"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"]),
         ablation=dict(attacks=["urp"]),
         hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["lsp"]}, gray_ps=[0.2, 0.4],
                              sigmas=[0.05], t_stars=[10]),
-        residuals=dict(n_images=20),
+        residuals=dict(n_images=20, attacks=_SMOKE_POISONS),
     ),
     description="tests: 500 images, 2 epochs, a 10-iteration diffusion model (seconds; accuracies near chance)",
 )

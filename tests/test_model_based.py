@@ -177,7 +177,7 @@ def test_adp_objective_passes_through_the_compensation():
     same = soft_compensation(0.0, 0.0)(x)
     assert torch.equal(same, x)
     noisy = soft_compensation(0.0, 0.05)(x)
-    assert 0.03 < float((noisy - x).std()) < 0.07
+    assert 0.03 < float((noisy - x).detach().std()) < 0.07
 
 
 def test_unet_classifier_is_the_diffusion_unet_with_a_pooled_class_head():
@@ -247,3 +247,55 @@ def test_a_subset_gets_the_rows_of_the_poison_crafted_on_the_profiles_training_s
     outsider = small.with_images(255 - small.images, "inverted")
     with pytest.raises(ValueError, match="not in"):
         poisoned_set(outsider, "tap", 0, profile=sweep, progress=False)
+
+
+def _tiny_diffusion_checkpoint(path):
+    from eclipse.diffusion.checkpoints import DiffusionSettings, save_checkpoint
+    from eclipse.diffusion.unet import UNetConfig, build_unet
+
+    config = UNetConfig(num_channels=32, num_res_blocks=1, attention_resolutions="16", channel_mult=(1, 2))
+    torch.manual_seed(0)
+    weights = build_unet(config).state_dict()
+    ema = {k: v.clone() for k, v in weights.items()}
+    return save_checkpoint(path, model=weights, ema=ema, unet_config=config, diffusion=DiffusionSettings())
+
+
+def test_adp_through_a_purifier_differentiates_through_it_and_keys_the_poison_by_its_content(tmp_path):
+    """The stronger ADP variant: the objective runs through a differentiable purification (the attacker's
+    diffusion checkpoint), gradients reach the input, the poison differs from plain ADP's, and the
+    checkpoint's content (not its path) is part of the poison's cache key."""
+    from eclipse.attacks.adp import differentiable_purifier
+    from eclipse.experiments import poisoned_set
+    from eclipse.data import ImageSet
+
+    ckpt = _tiny_diffusion_checkpoint(tmp_path / "attacker.pt")
+    purify = differentiable_purifier(str(ckpt), t_star=50, sampler="respaced", steps=2)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out = purify(x)
+    assert out.shape == x.shape and 0 <= float(out.detach().min()) and float(out.detach().max()) <= 1
+    out.sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+
+    images, labels = tiny_set(40)
+    params = {**settings("adp"), "t_star": 20}
+    plain = poison("adp", images, labels, seed=0, progress=False, **params)
+    through = poison("adp", images, labels, seed=0, progress=False, purifier=str(ckpt), **params)
+    assert not torch.equal(plain, through)
+    assert float(perturbation_norms(through, images)["linf"].max()) <= 8 / 255 + 1e-9
+
+    clean = ImageSet(images, labels, tuple(str(k) for k in range(10)), "tiny")
+    first = poisoned_set(clean, "adp", 0, progress=False, purifier=str(ckpt), **params)
+    moved = tmp_path / "renamed.pt"
+    ckpt.rename(moved)  # same content, another path: the cached poison is found again
+    again = poisoned_set(clean, "adp", 0, progress=False, purifier=str(moved), **params)
+    assert torch.equal(first.images, again.images) and torch.equal(first.images, through)
+
+
+def test_an_unknown_attack_parameter_is_refused_by_name(tmp_path):
+    images, labels = tiny_set(20)
+    with pytest.raises(ValueError, match="no parameter restart\\b.*restarts"):
+        poison("tap", images, labels, seed=0, restart=2)
+    from eclipse.cli import main
+
+    assert main(["poison", "--attack", "urp", "--profile", "smoke", "--set", "bogus", "1",
+                 "--out", str(tmp_path / "x.npz")]) == 2

@@ -11,6 +11,8 @@ their modules (``eclipse.attacks.urp``, ``lsp``, ``ar``, ``ops``), and so do the
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +50,7 @@ class AttackSpec:
     budget: float
     description: str
     resumable: bool = False  # takes ``state_dir`` (resume state) and ``progress`` (a progress bar)
+    file_params: tuple[str, ...] = ()  # parameters naming files whose content (not path) keys the cached poison
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower():
@@ -133,6 +136,12 @@ def poison(
     """
     spec = get_attack(name)
     seed = _check_seed(seed)
+    accepted = set(inspect.signature(spec.fn).parameters) - {"images", "labels", "seed", "num_classes", "state_dir",
+                                                            "progress"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"attack {spec.name!r} has no parameter {', '.join(unknown)}; "
+                         f"it takes {', '.join(sorted(accepted)) or 'none'}")
     labels, num_classes = validate_poison_inputs(images, labels, num_classes)
     clean = images.detach().to("cpu").contiguous()
     if spec.resumable:
