@@ -252,6 +252,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     stem = f"{args.name}-{profile.name}"
     paths = save_table(table, stem, out)
+    if args.figure:
+        paths += _table_figure(table, profile, out / stem)
     atomic_write_text(long.to_csv(index=False), out / f"{stem}-runs.csv")
     write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
                    wall_time_s=time.perf_counter() - started, victim=asdict(profile.victim),
@@ -265,6 +267,22 @@ def cmd_table(args: argparse.Namespace) -> int:
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
     return 0
+
+
+def _table_figure(table, profile, stem: Path) -> list[Path]:
+    """``table`` as a heatmap with the paper's Table 1 cell under each of ours (display names)."""
+    from . import paper, viz
+    from .profiles import victim_label
+
+    names = dict(index=viz.display_name, columns=viz.display_name)
+    theirs = paper.table1_cells(table).rename(**names)
+    fig = viz.accuracy_heatmap(table.rename(**names), f"test accuracy (%), ours (paper)\n({victim_label(profile)})",
+                               paper=theirs)
+    fig.axes[0].title.set_fontsize(9)
+    fig.axes[0].set_xlabel("")
+    fig.axes[0].set_ylabel("")
+    fig.tight_layout()
+    return viz.save_figure(fig, stem.name, stem.parent)
 
 
 def cmd_poison(args: argparse.Namespace) -> int:
@@ -571,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")
     p.add_argument("--out-dir", default="eclipse-results",
                    help="folder for the table and its manifest (the repository's figures/ only when named)")
+    p.add_argument("--figure", action="store_true",
+                   help="also draw <name>-<profile>.png/.pdf: a heatmap with the paper's Table 1 value under ours "
+                        "where the paper has one (needs the notebook extras)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = command("poison", cmd_poison, "poison the profile's training subset and write it")

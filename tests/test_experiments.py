@@ -18,9 +18,10 @@ def test_table_command_writes_table_and_manifest_then_reuses_cache(tmp_path, cap
     assert manifest["profile"] == "smoke" and manifest["seed"] == 0 and manifest["commit"]
     assert manifest["machine"]["cpu_count"] >= 1 and manifest["wall_time_s"] >= 0
     capsys.readouterr()
-    assert cli.main(args) == 0  # second run: every cell comes from the cache
+    assert cli.main(args + ["--figure"]) == 0  # second run: every cell comes from the cache
     runs = pd.read_csv(tmp_path / "table-defenses-smoke-runs.csv")
     assert runs["cached"].all()
+    assert (tmp_path / "table-defenses-smoke.png").stat().st_size > 1000
     again = pd.read_csv(tmp_path / "table-defenses-smoke.csv", index_col=0)
     pd.testing.assert_frame_equal(table, again)
 

@@ -299,3 +299,15 @@ def test_an_unknown_attack_parameter_is_refused_by_name(tmp_path):
 
     assert main(["poison", "--attack", "urp", "--profile", "smoke", "--set", "bogus", "1",
                  "--out", str(tmp_path / "x.npz")]) == 2
+
+
+def test_tables_carry_the_profiles_cuts_of_a_poisons_recipe():
+    from eclipse.profiles import attack_settings_label
+    from eclipse.sweeps import accuracy_grid
+
+    grid = accuracy_grid(SMOKE.with_overrides(victim={"epochs": 1}), ["clean", "tap"], ["none"], progress=False,
+                         log=None)
+    label = dict(zip(grid["attack"], grid["poison_settings"]))
+    assert label["clean"] == "" and label["tap"] == attack_settings_label(SMOKE, "tap")
+    assert "iterations=2" in label["tap"] and "surrogate: width=8, epochs=1" in label["tap"]
+    assert attack_settings_label(SMOKE, "urp") == ""
