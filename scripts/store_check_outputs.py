@@ -28,9 +28,23 @@ def main(paths: list[str]) -> None:
             if cell.cell_type == "code" and MARK not in cell.source:
                 cell.outputs = []
                 cell.execution_count = None  # nbval treats checked cells without a count as unrun
+            elif cell.cell_type == "code":
+                cell.outputs = _coalesced(cell.outputs)
         nb.metadata.pop("widgets", None)
         nbformat.write(nb, path)
         print("stored", path)
+
+
+def _coalesced(outputs: list) -> list:
+    """Consecutive writes to one stream as one output (as Jupyter shows them; a loop's prints stay one block)."""
+    merged = []
+    for out in outputs:
+        if merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+                and merged[-1].get("name") == out.get("name"):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    return merged
 
 
 if __name__ == "__main__":
