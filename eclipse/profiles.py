@@ -124,9 +124,9 @@ QUICK = Profile(
     # surrogates are the quick victim's recipe (ResNet-18 width 16, 20 one-cycle epochs; fp32) instead of the
     # recipes' full-width 40-120-epoch runs. PROVISIONAL: not yet calibrated by a measured sweep (issue 15).
     attack_params={
-        # EM: 50 training batches a round (the recipe: 10) and 5 noise steps of 1.6/255 (20 of 0.8/255): with 10
-        # batches a round the width-16 surrogate fitted too slowly (error 0.90 -> 0.81 in 11 rounds, 5,000
-        # images); with 50 it stopped at 0.6% error in 5 rounds (2,000 images, 51 s a round).
+        # EM: 50 training batches a round (the recipe: 10) and 5 noise steps of 1.6/255 (20 of 0.8/255).
+        # PROVISIONAL: chosen before the min-min loop's one-class-batch defect was found (fixed: shuffled batches);
+        # every earlier EM measurement (error stuck near 0.9) had it. To be re-measured.
         "em": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 12,
                "surrogate": dict(_QUICK_MIN_MIN)},
         "rem": {"train_steps": 300, "def_steps": 5, "def_step_size": 3.2 / 255, "adv_steps": 3,

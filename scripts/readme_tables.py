@@ -39,8 +39,9 @@ BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(
                    re.DOTALL)
 
 # Paper attack names for our CSV row labels ("urp (no crop)" -> URP).
-PAPER_ATTACK = {"urp": "URP", "lsp": "LSP", "ar": "AR"}
-LABEL = {"urp": "URP", "lsp": "LSP", "ar": "AR", "ops": "OPS", "clean": "clean"}
+PAPER_ATTACK = {"urp": "URP", "lsp": "LSP", "ar": "AR", "em": "EM", "rem": "REM", "tap": "TAP", "sep": "SEP",
+                "efp": "EFP", "adp": "ADP"}
+LABEL = {**PAPER_ATTACK, "ops": "OPS", "clean": "clean"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -140,9 +141,11 @@ def _paper_none(paper, label, key: str) -> float | None:
     return _num(table.loc["none"].get(PAPER_ATTACK.get(_base(label))))
 
 
-def _table1(figures: Path, paper) -> tuple[str, dict]:
-    t1 = _read(figures, "table1-main-results.csv", index_col=0)
-    t3 = _read(figures, "table3-clean-accuracy.csv", index_col=0)
+def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: str | None = "table3-clean-accuracy.csv",
+            ) -> tuple[str, dict]:
+    t1 = _read(figures, name, index_col=0)
+    if not any(str(i).upper() == "AVG" for i in t1.index):
+        t1.loc["AVG"] = t1.mean()
     eclipse_col = [c for c in t1.columns if c.startswith("eclipse")][0]
     cols = [("none", "none", "none"), ("iss-j", "ISS-J", "iss-j"), (eclipse_col, "ECLIPSE (A+B+C)", "eclipse")]
     abc = paper.TABLE4_ABLATION.loc["A+B+C"]
@@ -168,8 +171,11 @@ def _table1(figures: Path, paper) -> tuple[str, dict]:
         else:
             avg_cells.append(_cell(avg[col], None, f"~{paper.TABLE1_AVERAGES[key]:.0f} (8 poisons + ADP)"))
     rows.append([f"AVG ({', '.join(LABEL.get(a, a) for a in attacks)})"] + avg_cells)
-    clean = t3.iloc[0]
-    rows.append([f"clean (Table 3, {t3.index[0]})"] + [_cell(clean[col], paper.TABLE3_CLEAN.get(key)) for col, _, key in cols])
+    if clean is not None:
+        t3 = _read(figures, clean, index_col=0)
+        row = t3.iloc[0]
+        rows.append([f"clean (Table 3, {t3.index[0]})"] + [_cell(row[col], paper.TABLE3_CLEAN.get(key))
+                                                          for col, _, key in cols])
     text = _table(["attack"] + [name for _, name, _ in cols], rows)
     attack_rows = [i for i in t1.index if str(i).upper() != "AVG"]
     facts = {"gain": {_base(i): _dec(t1.loc[i, eclipse_col]) - _dec(t1.loc[i, "none"]) for i in attack_rows}}
@@ -308,6 +314,14 @@ def results_block(figures: Path = FIGURES) -> str:
                "`figures/table3-clean-accuracy.csv`; the paper's per-poison ECLIPSE values are its Table 4 A+B+C row):")
     out.append("")
     out.append(t1)
+    out.append("")
+    mb, mb_facts = _table1(figures, paper, "table1-model-based-quick.csv", clean=None)
+    out.append("**Table 1, model-based poisons** (`eclipse table --profile quick`, the same victim and cells as "
+               "notebook 04; `figures/table1-model-based-quick.csv`; each poison crafted on the 10,000 training "
+               "images with the quick cuts of its recipe listed in `eclipse/profiles.py` and in the CSV's "
+               "`-runs.csv`; clean reference: the clean `none` cell above):")
+    out.append("")
+    out.append(mb)
     out.append("")
     dt, note = _defenses_table(figures, paper)
     out.append("**Every training-time defense** (`eclipse table --profile quick`, 10,000-image victim; "

@@ -311,3 +311,27 @@ def test_tables_carry_the_profiles_cuts_of_a_poisons_recipe():
     assert label["clean"] == "" and label["tap"] == attack_settings_label(SMOKE, "tap")
     assert "iterations=2" in label["tap"] and "surrogate: width=8, epochs=1" in label["tap"]
     assert attack_settings_label(SMOKE, "urp") == ""
+
+
+def test_em_trains_its_surrogate_on_shuffled_batches_of_a_class_sorted_set(monkeypatch):
+    """An ImageFolder set is sorted by class; batches taken in that order are one class each and the
+    surrogate collapses to predicting one class (found at quick scale: error stuck at 0.89). The min-min
+    loop draws its training batches from a shuffled pass, like the official shuffled loader."""
+    from eclipse.attacks import em as em_module
+
+    images, labels = tiny_set(200)
+    order = labels.argsort(stable=True)
+    images, labels = images[order], labels[order]  # class-sorted, as read from an ImageFolder
+    seen = []
+    real = em_module.sgd_step
+
+    def recording(model, optimizer, x, target, **kw):
+        seen.append(target.clone())
+        return real(model, optimizer, x, target, **kw)
+    monkeypatch.setattr(em_module, "sgd_step", recording)
+    poison("em", images, labels, seed=0, progress=False,
+           **{**settings("em"), "train_steps": 6, "max_rounds": 1, "surrogate": {"width": 8, "batch_size": 50}})
+    assert len(seen) == 6
+    assert all(len(batch.unique()) >= 5 for batch in seen)  # one-class batches before the fix
+    assert len(torch.cat(seen[:4]).unique(return_counts=True)[1]) == 10  # the first pass covers every class
+    assert sorted(torch.cat(seen[:4]).tolist()) == sorted(labels.tolist())  # each image once per pass

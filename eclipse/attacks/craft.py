@@ -43,13 +43,14 @@ def train_surrogate(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     ``defense``: EFP's reference model is adversarially trained); the run resumes from ``state_dir/name``
     after an interruption. Returns the network in eval mode.
 
-    The attacker has no test set: the accuracy logged is on the first 1,000 training images.
+    The attacker has no test set: the accuracy logged is on 1,000 training images spread over the set (every
+    ``len // 1000``-th: a class-sorted set's first 1,000 would be one class).
     """
     import tempfile
 
     classes = tuple(str(k) for k in range(num_classes))
     train = ImageSet(images, labels, classes, f"<{name} training set>")
-    probe = train.subset(torch.arange(min(1000, len(train))), f"<{name} probe>")
+    probe = train.subset(torch.arange(0, len(train), max(1, len(train) // 1000))[:1000], f"<{name} probe>")
     config = replace(config, eval_every=config.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = state_dir / name if state_dir is not None else Path(tmp)

@@ -6,8 +6,10 @@ error on the perturbed data falls below a threshold. Facts from the authors' ``p
 ``toolbox.py`` (HanxunH/Unlearnable-Examples); the loop is written here:
 
 - sample-wise (README): noise starts at zero; each round trains ``train_steps`` = 10 batches of 512 (no
-  augmentation, SGD 0.1, momentum 0.9, weight decay 5e-4, gradient norm clipped at 5), taken in order from a
-  cursor that carries over between rounds; then, with the surrogate in eval mode, every image's noise takes
+  augmentation, SGD 0.1, momentum 0.9, weight decay 5e-4, gradient norm clipped at 5), the next batches of a
+  shuffled pass over the data that carries over between rounds (the official shuffled loader's iterator; a
+  new permutation when a pass ends, its last batch possibly smaller). Taken in the data's own order, a
+  class-sorted set (an ImageFolder) gives one-class batches and the surrogate collapses to one class; then, with the surrogate in eval mode, every image's noise takes
   ``steps`` = 20 signed steps of 0.8/255 (warm start from its last noise), projected to 8/255; stop when the
   eval-mode error on the perturbed set is below ``stop_error`` = 0.01;
 - class-wise (``per="class"``, README): one pattern per class; training batches are drawn shuffled from
@@ -82,7 +84,8 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
     else:
         fit_index = torch.arange(n)
         delta = torch.zeros_like(clean)
-    state = {"round": 0, "phase": "train", "cursor": 0, "delta": delta, "done": False, "errors": []}
+    state = {"round": 0, "phase": "train", "order": torch.randperm(n), "cursor": 0, "delta": delta, "done": False,
+             "errors": []}
     saved = checkpoint.load()
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -106,8 +109,10 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
                 if classwise:
                     index = torch.randperm(n)[: surrogate.batch_size]
                 else:
-                    index = (state["cursor"] + torch.arange(surrogate.batch_size)) % n
-                    state["cursor"] = int(index[-1] + 1) % n
+                    if state["cursor"] >= n:  # the pass is over: a fresh shuffle
+                        state["order"], state["cursor"] = torch.randperm(n), 0
+                    index = state["order"][state["cursor"]: state["cursor"] + surrogate.batch_size]
+                    state["cursor"] += len(index)
                 x = transform(perturbed(index, state["delta"]))
                 sgd_step(model, optimizer, x, labels[index], precision=surrogate.precision, device=device,
                          max_grad_norm=surrogate.max_grad_norm)
