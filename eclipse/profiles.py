@@ -78,6 +78,8 @@ class Profile:
 _PAPER_POISONS = ["em", "rem", "tap", "sep", "efp", "urp", "lsp", "ar", "ops"]
 # smoke: the model-free four and one model-based poison, so that the tests run the model-based path in each notebook
 _SMOKE_POISONS = ["urp", "lsp", "ar", "ops", "sep"]
+# quick: the model-free four and the model-based poisons measured to bite at quick scale (figures/README.md)
+_QUICK_POISONS = ["urp", "lsp", "ar", "ops", "tap", "sep"]
 
 PAPER = Profile(
     name="paper", train_size=None, eval_size=None,
@@ -156,18 +158,21 @@ QUICK = Profile(
     # epochs clean 61.0%, URP (no crop) 12.9%, LSP 25.4% (figures/quick-calibration-sweep.csv, size 5000).
     sweep_train_size=5_000,
     grids=dict(
-        noise_assimilation=dict(n_images=1000, attacks=["urp", "lsp", "ar", "ops"]),
-        gallery=dict(attacks=["urp", "lsp", "ar", "ops"]),
+        noise_assimilation=dict(n_images=1000, attacks=_QUICK_POISONS),
+        gallery=dict(attacks=_QUICK_POISONS),
         # 02 on URP only, its variants at I/4 = 300 iterations (Fig. 5a: 300/600/1200 continue one training)
         sparse_diffusion=dict(attacks=["urp"], enlargements=["replicate", "crop"], replicas=[0, 4],
                               sparse_sizes=[1000, 2000], iterations=[300, 600, 1200], variant_iterations=300),
         # the paper's Table 1 summary columns (AT aside); ISS-G, compensation, cutout, mixup and cutmix:
         # `eclipse table` and the paper profile (3-hour budget)
-        main_results=dict(attacks=["urp", "lsp", "ar"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"]),
-        ablation=dict(attacks=["urp", "lsp"]),  # AR does not poison the 5,000-image sweep victim
-        hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
+        main_results=dict(attacks=["urp", "lsp", "ar", "tap", "sep"], methods=["none", "iss-j", "eclipse:A+B+C"],
+                          archs=["resnet18"]),
+        # one poison of each of the paper's frequency families: LSP low, SEP robust high, URP fragile high (AR does
+        # not poison the 5,000-image sweep victim)
+        ablation=dict(attacks=["urp", "lsp", "sep"]),
+        hyperparameters=dict(attacks={"p": ["lsp", "sep"], "sigma": ["lsp", "sep"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
-        residuals=dict(n_images=200, attacks=["urp", "lsp", "ar", "ops"]),
+        residuals=dict(n_images=200, attacks=_QUICK_POISONS),
     ),
     description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 3 h cold)",
 )
