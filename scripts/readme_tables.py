@@ -144,6 +144,8 @@ def _paper_none(paper, label, key: str) -> float | None:
 def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: str | None = "table3-clean-accuracy.csv",
             ) -> tuple[str, dict]:
     t1 = _read(figures, name, index_col=0)
+    own_clean = t1.loc["clean"] if "clean" in t1.index else None  # a table with its own clean reference row
+    t1 = t1.drop(index="clean", errors="ignore")
     if not any(str(i).upper() == "AVG" for i in t1.index):
         t1.loc["AVG"] = t1.mean()
     eclipse_col = [c for c in t1.columns if c.startswith("eclipse")][0]
@@ -171,6 +173,8 @@ def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: 
         else:
             avg_cells.append(_cell(avg[col], None, f"~{paper.TABLE1_AVERAGES[key]:.0f} (8 poisons + ADP)"))
     rows.append([f"AVG ({', '.join(LABEL.get(a, a) for a in attacks)})"] + avg_cells)
+    if own_clean is not None:
+        rows.append(["clean"] + [_cell(own_clean[col], paper.TABLE3_CLEAN.get(key)) for col, _, key in cols])
     if clean is not None:
         t3 = _read(figures, clean, index_col=0)
         row = t3.iloc[0]
@@ -180,6 +184,20 @@ def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: 
     attack_rows = [i for i in t1.index if str(i).upper() != "AVG"]
     facts = {"gain": {_base(i): _dec(t1.loc[i, eclipse_col]) - _dec(t1.loc[i, "none"]) for i in attack_rows}}
     return text, facts
+
+
+def _model_based_facts(figures: Path) -> str:
+    """One sentence on the model-based table: each poison's drop below the clean victim, and what ECLIPSE and
+    ISS-J give back."""
+    t = _read(figures, "table1-model-based-quick.csv", index_col=0)
+    eclipse_col = [c for c in t.columns if c.startswith("eclipse")][0]
+    clean = t.loc["clean"]
+    poisons = [i for i in t.index if i != "clean"]
+    drops = ", ".join(f"{_row_label(i)} {_f(_dec(clean['none']) - _dec(t.loc[i, 'none']), 1)}" for i in poisons)
+    back = ", ".join(f"{_row_label(i)} {_f(t.loc[i, eclipse_col], 2)} (ISS-J {_f(t.loc[i, 'iss-j'], 2)})" for i in poisons)
+    return (f"Undefended, each poison is this many points below the clean victim ({_f(clean['none'], 2)}): {drops}. "
+            f"ECLIPSE (A+B+C) gives {back}; on clean data ECLIPSE {_f(clean[eclipse_col], 2)}, "
+            f"ISS-J {_f(clean['iss-j'], 2)}.")
 
 
 def _defenses_table(figures: Path, paper) -> tuple[str, str]:
@@ -319,9 +337,11 @@ def results_block(figures: Path = FIGURES) -> str:
     out.append("**Table 1, model-based poisons** (`eclipse table --profile quick`, the same victim and cells as "
                "notebook 04; `figures/table1-model-based-quick.csv`; each poison crafted on the 10,000 training "
                "images with the quick cuts of its recipe listed in `eclipse/profiles.py` and in the CSV's "
-               "`-runs.csv`; clean reference: the clean `none` cell above):")
+               "`-runs.csv`):")
     out.append("")
     out.append(mb)
+    out.append("")
+    out.append(_model_based_facts(figures))
     out.append("")
     dt, note = _defenses_table(figures, paper)
     out.append("**Every training-time defense** (`eclipse table --profile quick`, 10,000-image victim; "
