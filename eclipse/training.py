@@ -113,8 +113,11 @@ def trained_model(out_dir: str | Path, config: TrainConfig, num_classes: int,
     ckpt_path = Path(out_dir) / "checkpoint.pt"
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path}: no trained run here")
+    state = safe_torch_load(ckpt_path)
     model = build_victim(config.arch, num_classes, config.width)
-    model.load_state_dict(safe_torch_load(ckpt_path)["model"])
+    adapt = make_defense(state["identity"]["defense"], num_classes=num_classes).adapt_model
+    model = adapt(model) if adapt is not None else model     # DP-SGD's group-norm network
+    model.load_state_dict(state["model"])
     return model.to(device or default_device()).eval()
 
 
@@ -147,8 +150,11 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
 
     seed_everything(seed)
     # channels_last: oneDNN (CPU) and cuDNN run these convolutions faster in NHWC (1.3x measured on 2 cores)
-    model = build_victim(config.arch, len(train.classes), config.width).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    net = build_victim(config.arch, len(train.classes), config.width)
+    if defense.adapt_model is not None:
+        net = defense.adapt_model(net)
+    net = net.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     steps_per_epoch = -(-len(train) // config.batch_size)
     if config.schedule == "onecycle":
@@ -167,24 +173,32 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
         state = safe_torch_load(ckpt_path)
         if state["identity"] != identity:
             raise ValueError(f"{ckpt_path}: checkpoint belongs to a different run; remove it or use another out_dir")
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, log, elapsed = state["epoch"], state["log"], state["elapsed"]
 
-    images = defense.prepare(train.images) if defense.prepare else train.images
+    base_optimizer = optimizer
+    # ``net`` is the network; ``model``/``optimizer`` what the steps go through (DP-SGD: Opacus's wrappers)
+    model, optimizer = (defense.wrap_training(net, optimizer, config.batch_size, len(train))
+                        if defense.wrap_training is not None else (net, optimizer))
+    images = defense.prepare(train.images, train.labels) if defense.prepare else train.images
     labels = train.labels
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.arch} [{defense.name}]", disable=not progress,
                initial=start_epoch, total=config.epochs, leave=False)
     for epoch in bar:
         tick = time.perf_counter()
         model.train()
+        if defense.on_epoch_start is not None:
+            defense.on_epoch_start(epoch, config.epochs)
         order = torch.randperm(len(train))
         loss_sum, correct = 0.0, 0
         for batch in order.split(config.batch_size):
-            x = images[batch].float().div_(255)
+            x = images[batch].float()
+            if images.dtype == torch.uint8:
+                x = x.div_(255)
             y = labels[batch]
             x = random_crop(x, config.crop_padding)
             if config.flip:
@@ -193,7 +207,7 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
             if defense.on_batch is not None:
                 x, target = defense.on_batch(x, y)
             if defense.on_model_batch is not None:
-                x, target = defense.on_model_batch(model, x, target)
+                x, target = defense.on_model_batch(net, x, target)
             loss, logits = sgd_step(model, optimizer, x, target, precision=config.precision, device=device,
                                     label_smoothing=config.label_smoothing, max_grad_norm=config.max_grad_norm)
             if scheduler is not None:
@@ -202,19 +216,21 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
             correct += int((logits.argmax(1).cpu() == y).sum())
         entry = {"epoch": epoch + 1, "loss": loss_sum / len(train), "train_acc": 100.0 * correct / len(train)}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            entry["test_acc"] = evaluate(model, test, config.eval_batch_size, device)
+            entry["test_acc"] = evaluate(net, test, config.eval_batch_size, device)
         elapsed += time.perf_counter() - tick
         entry["seconds"] = elapsed
         log.append(entry)
         bar.set_postfix({k: round(v, 2) for k, v in entry.items() if k in ("loss", "train_acc", "test_acc")})
         if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+            on_epoch(epoch + 1, net)
         if ckpt_path is not None:
-            _save_checkpoint({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            _save_checkpoint({"identity": identity, "model": net.state_dict(), "optimizer": base_optimizer.state_dict(),
                               "scheduler": scheduler.state_dict() if scheduler else None,
                               "rng": torch.get_rng_state(), "epoch": epoch + 1, "log": log, "elapsed": elapsed},
                              ckpt_path)
     result = {**identity, "test_acc": log[-1]["test_acc"], "log": log, "wall_time_s": elapsed, "device": str(device)}
+    if defense.summary is not None:
+        result.update(defense.summary(config.epochs * steps_per_epoch, config.batch_size, len(train)))
     if out_dir is not None:
         atomic_write_json(result, out_dir / "result.json")
     return result

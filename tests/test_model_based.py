@@ -193,6 +193,20 @@ def test_unet_classifier_is_the_diffusion_unet_with_a_pooled_class_head():
     assert sum(p.numel() for p in paper.parameters()) > 50e6       # the paper's 52M-parameter UNet
 
 
+def test_small_unet_classifier_has_the_quick_purifiers_layout():
+    """ADP's quick surrogate is the quick purifier's UNet layout with a class head, so the attacker's network
+    stays the defender's architecture when quick shrinks it."""
+    from eclipse.profiles import get_profile
+    from eclipse.victims import build_victim
+
+    quick = get_profile("quick").unet
+    model = build_victim("unet-small", 10, 16)
+    config = model.unet.config
+    assert (config.num_channels, config.num_res_blocks, config.attention_resolutions, tuple(config.channel_mult)) == (
+        quick["num_channels"], quick["num_res_blocks"], quick["attention_resolutions"], tuple(quick["channel_mult"]))
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_adversarial_training_inputs_stay_in_the_ball_and_raise_the_loss():
     from eclipse.defenses import make_defense
     from eclipse.victims import build_victim

@@ -104,16 +104,16 @@ def test_every_defense_runs_on_a_batch(random_set):
     x = random_set.images.float() / 255
     for name in DEFENSES:
         defense = make_defense(name)
-        prepared = defense.prepare(random_set.images) if defense.prepare else random_set.images
-        assert prepared.dtype == torch.uint8 and prepared.shape == random_set.images.shape
+        prepared = defense.prepare(random_set.images, random_set.labels) if defense.prepare else random_set.images
+        assert prepared.dtype in (torch.uint8, torch.float32) and prepared.shape == random_set.images.shape
         if defense.on_batch:
             out, target = defense.on_batch(x, random_set.labels)
             assert out.shape == x.shape
             if name in ("mixup", "cutmix"):
                 assert target.shape == (len(x), 10) and torch.allclose(target.sum(1), torch.ones(len(x)))
-    jpeg = make_defense("iss-j").prepare(random_set.images)
+    jpeg = make_defense("iss-j").prepare(random_set.images, random_set.labels)
     assert not torch.equal(jpeg, random_set.images)  # JPEG-10 is lossy
-    gray = make_defense("iss-g").prepare(random_set.images)
+    gray = make_defense("iss-g").prepare(random_set.images, random_set.labels)
     assert torch.equal(gray[:, 0], gray[:, 1])
     with pytest.raises(ValueError, match="unknown defense"):
         make_defense("magic")

@@ -2,13 +2,21 @@
 
 A :class:`Defense` has two optional hooks:
 
-- ``prepare(images_uint8) -> images_uint8``: a deterministic per-image transform applied once to the
-  training set (ISS-G grayscale, ISS-J JPEG). Applying it once is identical to re-applying it each
-  epoch, because it is deterministic;
+- ``prepare(images_uint8, labels) -> images``: a deterministic transform applied once to the training set
+  (ISS-G grayscale, ISS-J JPEG, OP's projection). Applying it once is identical to re-applying it each
+  epoch, because it is deterministic. It returns uint8 images, or float images on the [0, 1] scale (OP's
+  projected images leave [0, 1]); any randomness comes from its own seeded generator, so a resumed run
+  prepares the same set;
 - ``on_batch(x, y) -> (x, y)``: a random transform of a float batch in [0, 1] after random crop and
   flip, re-drawn every step (compensation, cutout, mixup, cutmix). ``y`` may become soft targets;
 - ``on_model_batch(model, x, y) -> (x, y)``: a transform that needs the network being trained, after
-  ``on_batch`` (adversarial training's PGD examples).
+  ``on_batch`` (adversarial training's PGD examples, UEraser's worst augmentation);
+- ``on_epoch_start(epoch, epochs)``: called before each epoch (0-based) of ``epochs``, so a defense can follow
+  a schedule over training (UEraser's adversarial phase); also called for each epoch of a resumed run.
+- ``adapt_model(model) -> model`` before the optimizer is made, ``wrap_training(model, optimizer, batch_size,
+  n_train) -> (model, optimizer)`` after the checkpoint is loaded, and ``summary(steps, batch_size, n_train) ->
+  dict`` merged into the result: a defense that changes the optimisation itself (DP-SGD: group norms,
+  Opacus's per-sample clipping and noise, the epsilon spent).
 
 Randomness comes from torch's global generator, which the training loop seeds and checkpoints.
 ECLIPSE's corruption compensation is ``compensation`` (module B = ``grayscale``, module C = ``noise``).
@@ -22,7 +30,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .registry import Registry
+from ..registry import Registry
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,10 +40,14 @@ class Defense:
     """A named training-time defense: an optional once-per-image and an optional per-batch step."""
 
     name: str
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prepare: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     on_batch: BatchFn | None = None
     params: tuple = ()
     on_model_batch: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    on_epoch_start: Callable[[int, int], None] | None = None
+    adapt_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    wrap_training: Callable[..., tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None
+    summary: Callable[[int, int, int], dict] | None = None
 
 
 def random_grayscale(x: torch.Tensor, gray_p: float) -> torch.Tensor:
@@ -90,13 +102,13 @@ def _label_mixing(kind: str, alpha: float, num_classes: int) -> BatchFn:
     return step
 
 
-def _jpeg(quality: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def prepare(images: torch.Tensor) -> torch.Tensor:
+def _jpeg(quality: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def prepare(images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return torch.cat([TF.jpeg(chunk, quality) for chunk in images.split(1024)])
     return prepare
 
 
-def _grayscale_all(images: torch.Tensor) -> torch.Tensor:
+def _grayscale_all(images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     return TF.rgb_to_grayscale(images, num_output_channels=3)
 
 
@@ -113,6 +125,12 @@ class DefenseParams:
     at_epsilon: float = 8 / 255   # adversarial training: L-inf radius, PGD steps and step size (Madry et al.)
     at_steps: int = 10
     at_step_size: float = 2 / 255
+    ueraser_repeats: int = 5         # UEraser: K augmented copies per image, the worst one trained on,
+    ueraser_fraction: float = 0.3    # for this fraction of the epochs (the official 60 of 200), then K = 1
+    op_epochs: int = 20              # OP: the bias-free linear model's epochs (SGD lr 0.1, batch 1024)
+    dp_noise_multiplier: float = 1.0  # DP-SGD: noise std / clipping norm, per-sample clipping norm, delta
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
 
 
 DefenseBuilder = Callable[[DefenseParams], Defense]
@@ -204,3 +222,7 @@ def _at(p: DefenseParams) -> Defense:
 def make_defense(name: str, **params) -> Defense:
     """A defense by name (see ``DEFENSES``) with :class:`DefenseParams` fields as keywords."""
     return DEFENSES[name](DefenseParams(**params))
+
+
+# Defenses with modules of their own register themselves on import.
+from . import dp_sgd, op, ueraser  # noqa: E402,F401

@@ -1,0 +1,156 @@
+"""UEraser and OP: each changes training the way it claims, deterministic and resumable."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eclipse import training
+from eclipse.defenses import make_defense
+from eclipse.defenses.op import linear_directions, project_out
+from eclipse.defenses.ueraser import augmented_copies, ueraser_policy, worst_copies
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(F.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+def test_ueraser_trains_on_the_worst_of_its_augmented_copies():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8).float() / 255
+    y = torch.arange(16) % 10
+    copies = augmented_copies(x, 5, ueraser_policy())
+    assert copies.shape == (5, 16, 3, 32, 32)
+    assert (copies[0] != copies[1]).flatten(1).any(1).float().mean() > 0.5   # the copies are independent draws
+    model = _TinyNet().train()
+    before = [b.clone() for b in (model.norm.running_mean, model.norm.running_var)]
+    chosen = worst_copies(model, copies, y)
+    assert torch.equal(model.norm.running_mean, before[0]) and torch.equal(model.norm.running_var, before[1])
+    with torch.no_grad():
+        losses = F.cross_entropy(model(copies.flatten(0, 1)), y.repeat(5), reduction="none").view(5, 16)
+    for i in range(16):
+        k = int(losses[:, i].argmax())
+        assert torch.equal(chosen[i], copies[k, i]), f"image {i}: not the copy with the highest loss"
+
+
+def test_ueraser_follows_its_schedule_and_is_seeded():
+    defense = make_defense("ueraser")
+    model = _TinyNet().train()
+    x = torch.rand(8, 3, 32, 32).mul(255).round().div(255)
+    y = torch.arange(8)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        defense.on_epoch_start(0, 10)                 # adversarial phase: 3 of 10 epochs
+        first, _ = defense.on_model_batch(model, x, y)
+        defense.on_epoch_start(3, 10)                 # then one augmented copy
+        later, _ = defense.on_model_batch(model, x, y)
+        runs.append((first, later))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], x)
+    calls = []
+    import eclipse.defenses.ueraser as module
+    original = module.worst_copies
+    module.worst_copies = lambda *a: calls.append(a[1].shape[0]) or original(*a)
+    try:
+        defense.on_epoch_start(2, 10)
+        defense.on_model_batch(model, x, y)
+        defense.on_epoch_start(3, 10)
+        defense.on_model_batch(model, x, y)
+    finally:
+        module.worst_copies = original
+    assert calls == [5]   # the worst-of-5 pick in the adversarial phase only
+    with pytest.raises(ValueError, match="hard labels"):
+        defense.on_model_batch(model, x, torch.ones(8, 10) / 10)
+
+
+def test_op_removes_most_of_urps_class_patterns_and_little_of_the_images(cifar_train):
+    """URP is one pattern per class, so the linear model's class directions catch it: OP's projection (the
+    official fit: batch 1024, 20 epochs) removes most of the poison's energy and a small share of the images'."""
+    from eclipse.attacks import poison
+
+    index = torch.randperm(len(cifar_train), generator=torch.Generator().manual_seed(0))[:2000]
+    images, labels = cifar_train.images[index], cifar_train.labels[index]
+    poisoned = poison("urp", images, labels, seed=0, num_classes=10)
+    basis, _ = linear_directions(poisoned, labels, 10)
+    assert basis.shape == (10, 3072) and torch.allclose(basis @ basis.T, torch.eye(10), atol=1e-4)
+    projected = project_out(poisoned, basis)
+    assert projected.dtype == torch.float32 and projected.shape == poisoned.shape
+    assert float((projected.flatten(1) @ basis.T).abs().max()) < 1e-3      # nothing left along the fitted span
+
+    def kept(v: torch.Tensor) -> float:
+        return float((v - (v @ basis.T) @ basis).norm() ** 2 / v.norm() ** 2)
+    delta = (poisoned.float() - images.float()).flatten(1) / 255
+    clean = images.float().flatten(1) / 255
+    poison_kept, clean_kept = kept(delta), kept(clean - clean.mean(0))
+    assert poison_kept < 0.4 and clean_kept > 0.7 and poison_kept < clean_kept / 2, (poison_kept, clean_kept)
+
+
+def test_op_ueraser_and_dp_sgd_train_end_to_end_and_resume(cifar_train, cifar_test, tmp_path, monkeypatch):
+    from eclipse.data import split_test, train_subset
+
+    train = train_subset(cifar_train, 120, seed=0)
+    evaluation = train_subset(split_test(cifar_test)[1], 100, seed=0)
+    config = training.TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=40, lr=0.05, eval_every=1)
+    for name in ("op", "ueraser", "dp-sgd"):
+        full = training.train_victim(train, evaluation, config, defense=name, seed=1, out_dir=tmp_path / name,
+                                     progress=False)
+        real_save = training._save_checkpoint
+
+        def save_then_die(state, path):
+            real_save(state, path)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            training.train_victim(train, evaluation, config, defense=name, seed=1, out_dir=tmp_path / f"{name}-cut",
+                                  progress=False)
+        monkeypatch.setattr(training, "_save_checkpoint", real_save)
+        resumed = training.train_victim(train, evaluation, config, defense=name, seed=1,
+                                        out_dir=tmp_path / f"{name}-cut", progress=False)
+        assert [e["loss"] for e in resumed["log"]] == [e["loss"] for e in full["log"]], name
+        plain = training.train_victim(train, evaluation, config, seed=1, progress=False)
+        assert full["log"][0]["loss"] != plain["log"][0]["loss"], name
+
+
+def test_dp_sgd_clips_per_sample_gradients_adds_noise_and_reports_epsilon(cifar_train, cifar_test, tmp_path):
+    from eclipse.data import split_test, train_subset
+    from eclipse.defenses.dp_sgd import dp_epsilon
+    from eclipse.victims import build_victim
+
+    def one_step(noise: float, clip: float, seed: int = 0):
+        torch.manual_seed(seed)
+        defense = make_defense("dp-sgd", dp_noise_multiplier=noise, dp_max_grad_norm=clip)
+        net = defense.adapt_model(build_victim("resnet18", 10, 8))
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        model, optimizer = defense.wrap_training(net, torch.optim.SGD(net.parameters(), lr=0.1), 16, 1000)
+        x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
+        training.sgd_step(model, optimizer, x, y)
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    clipped = one_step(0.0, 1e-3)
+    assert float(clipped.norm()) <= 1e-3 * (1 + 1e-4)      # the mean of per-sample gradients each of norm <= C
+    free = one_step(0.0, 1e6)
+    assert float(free.norm()) > 100 * float(clipped.norm())  # the unclipped gradient is far larger
+    noisy_a, noisy_b, noisy_c = one_step(1.0, 1e-3), one_step(1.0, 1e-3), one_step(1.0, 1e-3, seed=1)
+    assert torch.equal(noisy_a, noisy_b) and not torch.equal(noisy_a, noisy_c)
+    assert float((noisy_a - clipped).std()) == pytest.approx(1e-3 / 16, rel=0.05)   # sigma * C / batch
+
+    assert dp_epsilon(1.0, 0.01, 1000, 1e-5) < dp_epsilon(1.0, 0.01, 4000, 1e-5)
+    assert dp_epsilon(2.0, 0.01, 1000, 1e-5) < dp_epsilon(1.0, 0.01, 1000, 1e-5)
+    train = train_subset(cifar_train, 120, seed=0)
+    evaluation = train_subset(split_test(cifar_test)[1], 100, seed=0)
+    config = training.TrainConfig(arch="resnet18", width=8, epochs=2, batch_size=40, lr=0.05, eval_every=1)
+    result = training.train_victim(train, evaluation, config, defense="dp-sgd", seed=0, out_dir=tmp_path / "dp",
+                                   progress=False)
+    assert result["dp_epsilon"] == pytest.approx(dp_epsilon(1.0, 40 / 120, 6, 1e-5)) and result["dp_delta"] == 1e-5
+    again = training.train_victim(train, evaluation, config, defense="dp-sgd", seed=0, progress=False)
+    assert [e["loss"] for e in again["log"]] == [e["loss"] for e in result["log"]]
+    model = training.trained_model(tmp_path / "dp", config, 10)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
