@@ -34,12 +34,12 @@ def _registries():
     from .attacks import ATTACKS
     from .defenses import DEFENSES
     from .diffusion.samplers import SAMPLERS
-    from .method import MODULES
+    from .method import MODULES, PURIFYING_DEFENSES
     from .profiles import PROFILES
     from .victims import VICTIMS
 
-    return dict(attacks=ATTACKS, defenses=DEFENSES, samplers=SAMPLERS, modules=MODULES, profiles=PROFILES,
-                victims=VICTIMS)
+    return dict(attacks=ATTACKS, defenses=DEFENSES, purifying=PURIFYING_DEFENSES, samplers=SAMPLERS, modules=MODULES,
+                profiles=PROFILES, victims=VICTIMS)
 
 
 def _choices(registry) -> str:
@@ -190,6 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiments import clean_data, victim_run
+    from .method import PURIFYING_DEFENSES
 
     profile = _profile(args)
     if args.out:
@@ -198,8 +199,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = _load_dataset(args.dataset) if args.dataset else sets["train"]
     _check_same_classes(train, sets["eval"], args.dataset or "the training set")
     overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs)) if v is not None}
-    result = victim_run(train, sets["eval"], profile, args.defense, **overrides)
+    if args.defense in PURIFYING_DEFENSES:   # purify the set (AVATAR), then a plain victim
+        result = PURIFYING_DEFENSES[args.defense](train, sets["eval"], profile, victim=overrides)
+        result["defense"] = args.defense
+    else:
+        result = victim_run(train, sets["eval"], profile, args.defense, **overrides)
     summary = {k: result[k] for k in ("defense", "seed", "n_train", "n_test", "test_acc", "wall_time_s", "cached")}
+    summary.update({k: result[k] for k in ("dp_epsilon", "dp_delta") if k in result})
     summary["arch"] = result["config"]["arch"]
     print(json.dumps(summary, indent=2))
     if args.out:
@@ -216,17 +222,14 @@ def _check_same_classes(train, evaluation, where: str) -> None:
 
 
 def _method_list(text: str) -> str:
-    """argparse type of a ``table`` method: a registered defense or ``eclipse:<modules>``."""
+    """argparse type of a ``table`` method: a registered defense, a purifying defense or ``eclipse:<modules>``."""
     from .defenses import DEFENSES
-    from .method import module_spec
+    from .method import PURIFYING_DEFENSES, is_method
 
-    if text == "all" or text in DEFENSES:
+    if text == "all" or is_method(text):
         return text
-    if text.startswith("eclipse"):
-        module_spec(text.split(":", 1)[1] if ":" in text else "A+B+C")  # raises naming the choices
-        return text
-    raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose a defense ({', '.join(DEFENSES)}), "
-                                     "eclipse:<modules> or all")
+    raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose a defense "
+                                     f"({', '.join([*DEFENSES, *PURIFYING_DEFENSES])}), eclipse:<modules> or all")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -234,6 +237,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .defenses import DEFENSES
+    from .method import PURIFYING_DEFENSES
     from .experiments import clean_data
     from .manifest import write_manifest
     from .method import settings
@@ -243,7 +247,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     profile = _profile(args)
     started = time.perf_counter()
-    defenses = [d for d in DEFENSES if d not in ("grayscale", "noise")] if args.defenses == ["all"] else args.defenses
+    defenses = ([d for d in DEFENSES if d not in ("grayscale", "noise")] + list(PURIFYING_DEFENSES)
+                if args.defenses == ["all"] else args.defenses)
     long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
                          reference_rows=not args.no_reference)
     table = wide(long)
@@ -569,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "train a victim on a dataset file (or the clean subset) and evaluate it")
     _profile_arg(p)
     p.add_argument("--dataset", help="training set file (.pkl/.npz/folder); default: the profile's clean subset")
-    p.add_argument("--defense", default="none", choices=reg["defenses"].names(), metavar="DEFENSE",
-                   help=_choices(reg["defenses"]))
+    p.add_argument("--defense", default="none", choices=[*reg["defenses"].names(), *reg["purifying"].names()],
+                   metavar="DEFENSE", help=f"{_choices(reg['defenses'])}; {_choices(reg['purifying'])}")
     p.add_argument("--arch", default=None, choices=reg["victims"].names(), metavar="ARCH",
                    help=f"victim network (default: the profile's): {_choices(reg['victims'])}")
     p.add_argument("--width", type=_positive_int, default=None, help="victim base width (64 = standard; default: the profile's)")
@@ -582,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"],
                    choices=["clean", *reg["attacks"].names()], metavar="ATTACK", help=f"clean or: {attacks_help}")
     p.add_argument("--defenses", nargs="+", type=_method_list, default=["none", "iss-g", "iss-j", "compensation"],
-                   metavar="METHOD", help="training-time defenses, eclipse:<modules> (e.g. eclipse:A+B+C, eclipse:B+C) "
-                                          f"or all. Defenses: {_choices(reg['defenses'])}")
+                   metavar="METHOD", help="training-time defenses, purifying defenses, eclipse:<modules> (e.g. "
+                                          "eclipse:A+B+C, eclipse:B+C) or all. Defenses: "
+                                          f"{_choices(reg['defenses'])}; {_choices(reg['purifying'])}")
     p.add_argument("--name", default="table-defenses", help="file stem in --out-dir: <name>-<profile>.{csv,md}")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")

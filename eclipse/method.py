@@ -11,6 +11,7 @@ module A runs and which training-time defense (``eclipse.defenses.DEFENSES``) ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .data import ImageSet
 from .experiments import diffusion_model, purified_set, victim_run
@@ -82,3 +83,39 @@ def run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules
         dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
     result = victim_run(dataset, evaluation, profile, spec.defense, progress=progress, **(victim or {}))
     return {**result, "modules": spec.name}
+
+
+# --------------------------------------------------------------------------------------------
+# Purifying defenses of the comparison (Table 1) that reuse ECLIPSE's machinery with other inputs
+# --------------------------------------------------------------------------------------------
+PurifyingDefense = Callable[..., dict]
+PURIFYING_DEFENSES: Registry[PurifyingDefense] = Registry("purifying defense")
+"""Defenses that purify the training set before a plain victim: ``fn(dataset, evaluation, profile, *,
+progress, victim) -> result`` (victim_run's result, ``modules`` naming the defense)."""
+
+
+@PURIFYING_DEFENSES.register("avatar", description="AVATAR (Dolatabadi et al. 2024): a diffusion model trained on "
+                                                   "the poisoned set itself, the same purification, plain training")
+def avatar(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, *, progress: bool = True,
+           victim: dict | None = None) -> dict:
+    """AVATAR as ECLIPSE's comparison runs it: the profile's diffusion recipe trained on the whole (poisoned)
+    training set, not on a sparse clean one (no replicas: the set is not repeated), then the profile's
+    purification (t*, sampler) of that set, then the victim without compensation. Departure from AVATAR's
+    paper: its score-SDE (NCSN++) model and t = 0.1 are replaced by the package's DDPM, schedule and sampler,
+    so the comparison isolates what the training data of the diffusion model does."""
+    purifier = diffusion_model(profile, None, sparse=dataset, progress=progress, replicas=0)
+    purified = purified_set(dataset, profile, *purifier, progress=progress)
+    return {**victim_run(purified, evaluation, profile, "none", progress=progress, **(victim or {})),
+            "modules": "avatar"}
+
+
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a table method: a training-time defense, a purifying defense or ``eclipse:<modules>``."""
+    from .defenses import DEFENSES
+
+    if name in DEFENSES or name in PURIFYING_DEFENSES:
+        return True
+    if name.startswith("eclipse"):
+        module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C")  # raises naming the choices
+        return True
+    return False

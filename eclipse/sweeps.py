@@ -42,6 +42,8 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
                 purifier = diffusion_model(profile, sets["pool"], progress=progress)
             result = method.run(train, sets["eval"], profile, spec.name, purifier=purifier, progress=progress,
                                 victim=victim)
+        elif name in method.PURIFYING_DEFENSES:
+            result = method.PURIFYING_DEFENSES[name](train, sets["eval"], profile, progress=progress, victim=victim)
         else:
             result = victim_run(train, sets["eval"], profile, name, progress=progress, **victim)
         setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})

@@ -24,7 +24,8 @@ OTHER_COLOR = "#7f7f7f"  # anything that is not an attack (an average, say)
 DISPLAY_NAMES = {"none": "no defense", "iss-g": "ISS-G", "iss-j": "ISS-J", "cutout": "Cutout", "mixup": "Mixup",
                  "cutmix": "CutMix", "compensation": "compensation (B+C)", "grayscale": "grayscale (B)",
                  "noise": "noise (C)", "eclipse": "ECLIPSE", "resnet18": "ResNet-18", "resnet50": "ResNet-50",
-                 "vgg16": "VGG-16", "vgg19": "VGG-19", "densenet121": "DenseNet-121", "clean": "clean"}
+                 "vgg16": "VGG-16", "vgg19": "VGG-19", "densenet121": "DenseNet-121", "clean": "clean",
+                 "at": "AT", "ueraser": "UEraser", "op": "OP", "dp-sgd": "DP-SGD", "avatar": "AVATAR"}
 
 
 def display_name(name) -> str:

@@ -154,3 +154,24 @@ def test_dp_sgd_clips_per_sample_gradients_adds_noise_and_reports_epsilon(cifar_
     assert [e["loss"] for e in again["log"]] == [e["loss"] for e in result["log"]]
     model = training.trained_model(tmp_path / "dp", config, 10)
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+
+
+def test_avatar_purifies_with_a_diffusion_model_trained_on_the_poisoned_set_itself():
+    import json
+
+    from eclipse import method
+    from eclipse.cli import build_parser
+    from eclipse.experiments import clean_data, poisoned_set
+    from eclipse.storage import cache_dir
+
+    sets = clean_data("smoke")
+    poisoned = poisoned_set(sets["train"], "urp", 0, profile="smoke")
+    result = method.PURIFYING_DEFENSES["avatar"](poisoned, sets["eval"], "smoke", progress=False)
+    assert result["modules"] == "avatar" and result["defense"] == "none"
+    models = [json.loads(p.read_text()) for p in (cache_dir() / "diffusion").glob("*/done.json")]
+    on_the_set = [m for m in models if m["sparse_images"] == len(poisoned) and m["config"]["replicas"] == 0]
+    assert on_the_set, models                      # the whole poisoned set, not a sparse clean one
+    assert result["n_train"] == len(poisoned)
+    args = build_parser().parse_args(["table", "--defenses", "avatar", "op", "ueraser", "dp-sgd", "at"])
+    assert args.defenses == ["avatar", "op", "ueraser", "dp-sgd", "at"]
+    assert build_parser().parse_args(["train", "--defense", "avatar"]).defense == "avatar"
