@@ -119,7 +119,8 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
     profile = get_profile(profile)
     seed = profile.seed if seed is None else seed
     victim = profile.with_overrides(victim=victim_overrides).victim if victim_overrides else profile.victim
-    defense_obj = make_defense(defense, gray_p=profile.gray_p, sigma=profile.sigma, num_classes=len(train.classes))
+    defense_obj = make_defense(defense, **{"gray_p": profile.gray_p, "sigma": profile.sigma,
+                                           "num_classes": len(train.classes), **profile.defense_settings(defense)})
     inputs = {"train": digest(train), "eval": digest(evaluation), "victim": asdict(victim), "defense": defense,
               "params": dict(defense_obj.params), "seed": seed}
 

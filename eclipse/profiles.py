@@ -42,6 +42,9 @@ class Profile:
     # Per-attack generation settings over each attack's published recipe (empty for paper): the model-based
     # poisons' cuts of steps, restarts, surrogate width and epochs, labelled here, e.g. {"tap": {"restarts": 1}}.
     attack_params: dict = field(default_factory=dict)
+    # Per-defense settings over the published ones (DefenseParams fields; empty for paper), the cheaper
+    # variants of costly defenses, labelled here, e.g. {"at": {"at_steps": 3}}; their values key the runs.
+    defense_params: dict = field(default_factory=dict)
     # Training images the model-based poisons are crafted on (None: ``train_size``). A sweep profile keeps its
     # parent's size here, so that its victims train on rows of the main tables' poison (the 5,000 sweep images
     # are a subset of the 10,000) instead of a second, smaller generation. See ``experiments.poisoned_set``.
@@ -66,6 +69,10 @@ class Profile:
     def attack_settings(self, attack: str) -> dict:
         """The generation settings this profile gives ``attack`` over its recipe (usually none)."""
         return copy.deepcopy(self.attack_params.get(attack, {}))
+
+    def defense_settings(self, defense: str) -> dict:
+        """The DefenseParams this profile gives ``defense`` over its published settings (usually none)."""
+        return dict(self.defense_params.get(defense, {}))
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
@@ -142,6 +149,9 @@ QUICK = Profile(
         "adp": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 4, "eot": 2, "gray_p": 0.8,
                 "surrogate": {"arch": "unet-small", "width": 16}},
     },
+    # AT: PGD-3 of 3/255 (the published PGD-10 of 2/255 costs 11 victim trainings, ~35 min a run here; three
+    # steps of 3/255 still reach the 8/255 boundary) at ~4x a victim. PROVISIONAL: not yet chosen by a sweep.
+    defense_params={"at": {"at_steps": 3, "at_step_size": 3 / 255}},
     # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
     # (figures/quick-sampler-accuracy.csv) one_shot (the x0 prediction at t*, 1 network call) purified the
     # 10,000 images in 2.0 min and gave 71.0%, respaced-4 7.6 min and 70.2%; at t* = 100, p = 0.4
@@ -241,6 +251,13 @@ def attack_settings_label(profile: "str | Profile", attack: str) -> str:
     nested = [f"{k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in settings.items()
               if isinstance(v, dict) and v]
     return ", ".join(flat + nested)
+
+
+def defense_settings_label(profile: "str | Profile", defense: str) -> str:
+    """The profile's cheaper settings of ``defense`` as one line (``""``: the published ones), e.g.
+    ``"at_steps=3, at_step_size=0.0118"``; tables carry it beside the method."""
+    settings = get_profile(profile).defense_settings(defense)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 
 def sweep_profile(profile: "str | Profile") -> Profile:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import method
 from .experiments import clean_data, diffusion_model, poisoned_set, victim_run
-from .profiles import Profile, attack_settings_label, get_profile, setting_label
+from .profiles import Profile, attack_settings_label, defense_settings_label, get_profile, setting_label
 
 
 def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str], *, data: str | None = None,
@@ -50,6 +50,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
         rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
                      "method": name, "test_acc": result["test_acc"],
                      "poison_settings": "" if attack == "clean" else attack_settings_label(profile, attack),
+                     "defense_settings": defense_settings_label(profile, name),
                      "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
         if log:
             log(f"{attack:>6}{' (' + setting + ')' if setting else ''} x {name:<14} {result['test_acc']:6.2f}%  "

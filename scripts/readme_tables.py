@@ -438,6 +438,7 @@ def _extras(figures: Path) -> str:
 METHOD_SOURCES = [
     ("Attacks", ["eclipse.attacks.ATTACKS", "eclipse.attacks.registry.ATTACKS"], ("family", "norm", "budget")),
     ("Training-time defenses", ["eclipse.defenses.DEFENSES", "eclipse.defenses.DEFENSE_NAMES"], ()),
+    ("Purifying defenses", ["eclipse.method.PURIFYING_DEFENSES"], ()),
     ("Purification samplers", ["eclipse.diffusion.samplers.SAMPLERS"], ()),
     ("Victims", ["eclipse.victims.VICTIMS"], ()),
     ("ECLIPSE modules", ["eclipse.method.MODULES", "eclipse.experiments.MODULES"], ()),

@@ -175,3 +175,21 @@ def test_avatar_purifies_with_a_diffusion_model_trained_on_the_poisoned_set_itse
     args = build_parser().parse_args(["table", "--defenses", "avatar", "op", "ueraser", "dp-sgd", "at"])
     assert args.defenses == ["avatar", "op", "ueraser", "dp-sgd", "at"]
     assert build_parser().parse_args(["train", "--defense", "avatar"]).defense == "avatar"
+
+
+def test_a_profiles_cheaper_defense_settings_key_the_run_and_label_the_table():
+    from eclipse.experiments import victim_run
+    from eclipse.profiles import SMOKE, defense_settings_label
+    from eclipse.data import ImageSet
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    train = ImageSet(images, torch.arange(40) % 10, source="random")
+    tiny = SMOKE.with_overrides(victim={"epochs": 1, "width": 8, "batch_size": 20})
+    published = victim_run(train, train, tiny, "at", progress=False)
+    cheap_profile = tiny.with_overrides(defense_params={"at": {"at_steps": 1, "at_step_size": 8 / 255}})
+    cheap = victim_run(train, train, cheap_profile, "at", progress=False)
+    assert published["defense_params"]["steps"] == 10 and cheap["defense_params"]["steps"] == 1
+    assert not cheap["cached"] and cheap["log"][0]["loss"] != published["log"][0]["loss"]
+    assert defense_settings_label(cheap_profile, "at") == "at_steps=1, at_step_size=0.0314"
+    assert defense_settings_label(cheap_profile, "none") == ""
