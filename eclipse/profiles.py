@@ -86,7 +86,11 @@ _PAPER_POISONS = ["em", "rem", "tap", "sep", "efp", "urp", "lsp", "ar", "ops"]
 # smoke: the model-free four and one model-based poison, so that the tests run the model-based path in each notebook
 _SMOKE_POISONS = ["urp", "lsp", "ar", "ops", "sep"]
 # quick: the model-free four and the model-based poisons measured to bite at quick scale (figures/README.md)
-_QUICK_POISONS = ["urp", "lsp", "ar", "ops", "tap", "sep"]
+_QUICK_POISONS = ["urp", "lsp", "ar", "ops", "em", "rem", "tap", "sep"]
+# Table 1's rows in the paper's order (lines 473-496): the failing baselines, the image-shrinking and
+# augmentation defenses, the purifier, adversarial training, ISS-J and ECLIPSE
+_TABLE1_METHODS = ["none", "cutout", "mixup", "cutmix", "dp-sgd", "iss-g", "ueraser", "op", "avatar", "at", "iss-j",
+                   "eclipse:A+B+C"]
 
 PAPER = Profile(
     name="paper", train_size=None, eval_size=None,
@@ -101,10 +105,10 @@ PAPER = Profile(
         sparse_diffusion=dict(attacks=["urp", "lsp", "ar"], enlargements=["replicate", "crop", "flip", "rotation", "mixup"],
                               replicas=[0, 2, 4, 6], sparse_sizes=[500, 1000, 1500, 2000],
                               iterations=[50_000, 100_000, 150_000, 200_000, 250_000], variant_iterations=250_000),
-        main_results=dict(attacks=["urp", "lsp", "ar", "ops"],
-                          methods=["none", "iss-g", "iss-j", "cutout", "mixup", "cutmix", "eclipse:A+B+C"],
-                          archs=["resnet18", "resnet50", "vgg16", "vgg19", "densenet121"]),
-        ablation=dict(attacks=["urp", "lsp", "ar", "ops"]),
+        main_results=dict(attacks=["em", "tap", "rem", "sep", "efp", "urp", "lsp", "ar", "adp", "ops"],
+                          methods=_TABLE1_METHODS, archs=["resnet18", "resnet50", "vgg16", "vgg19", "densenet121"],
+                          table3_methods=["none", "at", "iss-j", "eclipse:A+B+C"]),
+        ablation=dict(attacks=["em", "tap", "rem", "sep", "efp", "urp", "lsp", "ar"]),
         hyperparameters=dict(attacks={"p": ["lsp", "ar", "urp"], "sigma": ["lsp", "ar", "urp"], "t*": ["lsp", "ar", "urp"]},
                              gray_ps=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], sigmas=[0.025, 0.05, 0.075, 0.1],
                              t_stars=[50, 100, 150]),
@@ -178,8 +182,8 @@ QUICK = Profile(
                               sparse_sizes=[1000, 2000], iterations=[300, 600, 1200], variant_iterations=300),
         # the paper's Table 1 summary columns (AT aside); ISS-G, compensation, cutout, mixup and cutmix:
         # `eclipse table` and the paper profile (3-hour budget)
-        main_results=dict(attacks=["urp", "lsp", "ar", "tap", "sep"], methods=["none", "iss-j", "eclipse:A+B+C"],
-                          archs=["resnet18"]),
+        main_results=dict(attacks=["urp", "lsp", "ar", "em", "rem", "tap", "sep"], methods=["none", "iss-j", "eclipse:A+B+C"],
+                          archs=["resnet18"], table3_methods=["none", "iss-j", "eclipse:A+B+C"]),
         # one poison of each of the paper's frequency families: LSP low, SEP robust high, URP fragile high (AR does
         # not poison the 5,000-image sweep victim)
         ablation=dict(attacks=["urp", "lsp", "sep"]),
@@ -213,7 +217,8 @@ SMOKE = Profile(
         gallery=dict(attacks=_SMOKE_POISONS),
         sparse_diffusion=dict(attacks=["lsp"], enlargements=["replicate", "crop"], replicas=[1], sparse_sizes=[50],
                               iterations=[10], variant_iterations=10),
-        main_results=dict(attacks=["urp"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"]),
+        main_results=dict(attacks=["urp"], methods=["none", "iss-j", "eclipse:A+B+C"], archs=["resnet18"],
+                          table3_methods=["none", "iss-j", "eclipse:A+B+C"]),
         ablation=dict(attacks=["urp"]),
         hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["lsp"]}, gray_ps=[0.2, 0.4],
                              sigmas=[0.05], t_stars=[10]),

@@ -62,3 +62,27 @@ def test_table_name_option_and_eclipse_manifest(tmp_path, capsys):
     assert list(table.columns) == ["eclipse:B+C"] and list(table.index) == ["clean"]
     manifest = json.loads((tmp_path / "table-eclipse-smoke-manifest.json").read_text())
     assert manifest["eclipse"]["t_star"] == 10 and manifest["eclipse"]["gray_p"] == 0.4
+
+
+def test_every_profile_grid_names_registered_attacks_methods_and_victims():
+    """A grid entry that names no registered choice would fail hours into a cold run; fail here instead."""
+    from eclipse.attacks import ATTACKS
+    from eclipse.method import is_method
+    from eclipse.profiles import PROFILES
+    from eclipse.victims import VICTIMS
+
+    for name in PROFILES.names():
+        profile = PROFILES[name]
+        for grid_name, grid in profile.grids.items():
+            attacks = grid.get("attacks", [])
+            attacks = [a for v in attacks.values() for a in v] if isinstance(attacks, dict) else attacks
+            for attack in attacks:
+                assert attack in ATTACKS, (name, grid_name, attack)
+            for method_name in grid.get("methods", []) + grid.get("table3_methods", []):
+                assert is_method(method_name), (name, grid_name, method_name)
+            for arch in grid.get("archs", []):
+                assert arch in VICTIMS, (name, grid_name, arch)
+        for defense in profile.defense_params:
+            assert is_method(defense), (name, defense)
+    assert "table3_methods" in PROFILES["paper"].grid("main_results")
+    assert PROFILES["paper"].grid("main_results")["methods"][-1] == "eclipse:A+B+C"
