@@ -432,7 +432,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
     _check_fits(dataset, model, args.input)
     images = purify(dataset.images, model.to(device), schedule, t_star=profile.t_star, sampler=profile.sampler,
                     steps=profile.sampler_steps, eta=args.eta, seed=args.seed, batch_size=profile.purify_batch_size,
-                    resume_dir=args.resume_dir, device=device)
+                    resume_dir=args.resume_dir, device=device, noise=args.noise)
     path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
     print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {device}) -> {path} "
           f"({time.perf_counter() - started:.0f}s in all)")
@@ -474,7 +474,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
         purifier = (model.to(device), schedule, key)
         summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps, diffusion_model=key)
         _say(f"purifying {len(dataset)} images (t*={profile.t_star}, {profile.sampler}; cached and resumable) ...")
-        purified = purified_set(dataset, profile, *purifier)
+        purified = purified_set(dataset, profile, *purifier, noise=args.noise)
         if args.out:
             summary["purified_set"] = str(save_images(purified, args.out))
     if args.train:
@@ -539,6 +539,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    from .purify import NOISE_MODES
+
     reg = _registries()
     attacks_help = _choices(reg["attacks"])
     parser = argparse.ArgumentParser(prog="eclipse", formatter_class=_Formatter,
@@ -634,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
             knobs.add_argument("--gray-p", type=_unit_float, default=None, help="module B: grayscale probability (paper 0.4)")
             knobs.add_argument("--sigma", type=_unit_float, default=None, help="module C: Gaussian noise std (paper 0.05)")
         knobs.add_argument("--batch-size", type=_positive_int, default=None, help="images purified at once (default: the profile's)")
+        knobs.add_argument("--noise", default="official", choices=list(NOISE_MODES),
+                           help="purification noise: official (default: the official code's draws, for conformance "
+                                "and the cached results; depends on --batch-size) or per-image (each image's own "
+                                "generator seeded by (seed, index): identical at any --batch-size or sharding)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
     p = command("purify", cmd_purify, "purify a dataset file with a diffusion model (module A alone)")

@@ -223,8 +223,9 @@ def _longest_shorter_run(lineage: str, iterations: int) -> Path | None:
 
 def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, model_key: str, *,
                  t_star: int | None = None, sampler: str | None = None, steps: int | None = None,
-                 progress: bool = True) -> ImageSet:
-    """``dataset`` purified by the model (noise to t*, then reverse), cached and resumable by chunks."""
+                 progress: bool = True, noise: str = "official") -> ImageSet:
+    """``dataset`` purified by the model (noise to t*, then reverse), cached and resumable by chunks;
+    ``noise``: ``official`` or ``per-image`` (:data:`eclipse.purify.NOISE_MODES`)."""
     from .purify import purify
 
     profile = get_profile(profile)
@@ -232,11 +233,12 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     sampler = sampler or profile.sampler
     steps = steps if steps is not None else profile.sampler_steps
     inputs = {"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler, "steps": steps,
-              "seed": profile.seed, "batch": profile.purify_batch_size}
+              "seed": profile.seed, "batch": profile.purify_batch_size, "noise": noise}
 
     def compute(path: Path) -> torch.Tensor:
         return purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
-                      batch_size=profile.purify_batch_size, resume_dir=path.with_suffix(""), progress=progress)
+                      batch_size=profile.purify_batch_size, resume_dir=path.with_suffix(""), progress=progress,
+                      noise=noise)
 
     images, _, _ = cached("purified", inputs, compute, load=safe_torch_load, save=atomic_torch_save,
                           label=f"{sampler}-t{t_star}", suffix=".pt")

@@ -5,6 +5,11 @@ as the official ECLIPSE code under ``torch.manual_seed(seed)``: one ``randn_like
 forward noise with ``abar[t* - 1]``, then one ``randn_like`` per reverse step i = t*-1..0.
 Chunk ``i > 0`` draws from a generator seeded by ``(seed, i)``, so a rerun that resumes from
 the chunks saved in ``resume_dir`` gives the same result as an uninterrupted run.
+
+Two noise modes (``NOISE_MODES``): ``official`` (above: conformance with the official code; the result
+depends on ``batch_size``) and ``per-image`` (image ``k`` draws every number from its own generator seeded by
+``(seed, k)``: the noise is the same whatever the batch size, chunking, resume point or number of processes,
+which is what sharding needs).
 """
 from __future__ import annotations
 
@@ -17,10 +22,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import samplers as S
-from .diffusion.gaussian import Model, forward_noise, to_model_range, to_uint8
+from .diffusion.gaussian import Model, PerImageNoise, forward_noise, to_model_range, to_uint8
 from .diffusion.schedule import NoiseSchedule
 from .storage import atomic_torch_save, atomic_write_json, config_key, safe_torch_load, tensor_hash
 from .validation import check_images
+
+
+NOISE_MODES = {
+    "official": "one generator per chunk, seeded by (seed, chunk): the official code's draws with one chunk "
+                "(conformance), but the result depends on the batch size",
+    "per-image": "each image's own generator, seeded by (seed, image index): the same result at any batch size, "
+                 "chunking, resume point or number of processes (torchrun)",
+}
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -59,8 +72,12 @@ def _model_fingerprint(model: Model) -> str:
 def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_star: int,
            sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0, seed: int,
            batch_size: int, resume_dir: str | os.PathLike | None = None, progress: bool = True,
-           device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+           device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
+           noise: str = "official", first_index: int = 0) -> torch.Tensor:
     """Purify a uint8 (N,3,H,W) set; returns uint8 in input order.
+
+    ``noise``: a ``NOISE_MODES`` name. Under ``per-image`` the images are numbered from ``first_index`` (a
+    shard of a larger set passes its offset, so that each image keeps its own noise).
 
     Chunks of ``batch_size`` run on ``device`` (default: the model's); each finished chunk is
     saved atomically in ``resume_dir`` and reused by a rerun with the same arguments.
@@ -68,6 +85,8 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     check_images(images_uint8, name="images_uint8", channels=None, allow_empty=True)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode {noise!r}; choose from {', '.join(NOISE_MODES)}")
     images = images_uint8.cpu()
     if device is None:
         params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
@@ -80,7 +99,7 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     manifest = dict(n=n, shape=list(images.shape), images=tensor_hash(images), t_star=t_star,
                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
                     model=_model_fingerprint(model) if folder is not None else "-", betas=tensor_hash(schedule.betas),
-                    device=device.type, autocast=str(autocast_dtype))
+                    device=device.type, autocast=str(autocast_dtype), noise=noise, first_index=first_index)
     if folder is not None:
         _check_manifest(folder, manifest)
     run_key = config_key(manifest)
@@ -100,7 +119,8 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
             if isinstance(chunk, torch.Tensor) and chunk.dtype == torch.uint8 and chunk.shape == images[start:stop].shape:
                 out[start:stop] = chunk
                 continue
-        generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, ci))
+        generator = (PerImageNoise(seed, range(first_index + start, first_index + stop)) if noise == "per-image"
+                     else torch.Generator(device=device).manual_seed(chunk_seed(seed, ci)))
         x0 = to_model_range(images[start:stop].to(device))
         with torch.no_grad():
             y = purify_batch(x0, model, schedule, t_star=t_star, sampler=sampler, steps=steps, eta=eta,

@@ -6,6 +6,7 @@ cast to the working dtype after indexing, as improved-diffusion's ``_extract_int
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable
 
@@ -41,9 +42,33 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
 
-def randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s own noise stream under run seed ``seed`` (a hash of both)."""
+    digest = hashlib.sha256(f"eclipse-image-noise:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class PerImageNoise:
+    """A noise source in which image ``indices[j]`` of a batch draws from its own CPU generator seeded by
+    :func:`image_seed` (seed, index): every image gets the same numbers whatever batch, chunk, resume point
+    or process it is purified in. Pass it where a sampler takes a generator."""
+
+    def __init__(self, seed: int, indices) -> None:
+        self.generators = [torch.Generator().manual_seed(image_seed(seed, int(i))) for i in indices]
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"a batch of {x.shape[0]} images, but noise streams for {len(self.generators)}")
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in self.generators])
+        return noise.to(device=x.device, dtype=x.dtype)
+
+
+def randn(x: torch.Tensor, generator: "torch.Generator | PerImageNoise | None") -> torch.Tensor:
     """``randn_like(x)`` (same strides, so the same numbers land in the same places as the official
-    code's ``randn_like``); from ``generator`` when given, drawn on its device and moved to x's."""
+    code's ``randn_like``); from ``generator`` when given, drawn on its device and moved to x's; from each
+    image's own stream for a :class:`PerImageNoise`."""
+    if isinstance(generator, PerImageNoise):
+        return generator.randn_like(x)
     if generator is None:
         return torch.randn_like(x)
     if generator.device.type == x.device.type:
