@@ -418,24 +418,47 @@ def _check_fits(dataset, model, where: str) -> None:
                         f"{size}x{size}; use a checkpoint trained at that size")
 
 
+def _noise_mode(args: argparse.Namespace) -> str:
+    """--noise, defaulting to per-image under torchrun (shards must not depend on the split) and to official
+    otherwise; official with several processes is refused."""
+    from .distributed import world
+
+    size = world()[1]
+    if args.noise is None:
+        return "per-image" if size > 1 else "official"
+    if args.noise == "official" and size > 1:
+        raise ValueError(f"--noise official depends on how the set is batched, so {size} processes would not give "
+                         "the single-process result; use --noise per-image (the default under torchrun)")
+    return args.noise
+
+
 def cmd_purify(args: argparse.Namespace) -> int:
+    from . import distributed
     from .data import save_images
     from .purify import purify
     from .seeding import resolve_device, set_default_device
 
     started = time.perf_counter()
     profile = _eclipse_profile(args)
+    noise = _noise_mode(args)
     check_output(args.out, [args.input, args.checkpoint, args.config, args.resume_dir, args.data])
-    device = set_default_device(resolve_device(args.device))
+    device = set_default_device(distributed.rank_device(resolve_device(args.device)))
+    rank, size = distributed.world()
     dataset = _load_dataset(args.input)
     model, schedule, _ = _purifier(args, profile, device)
     _check_fits(dataset, model, args.input)
-    images = purify(dataset.images, model.to(device), schedule, t_star=profile.t_star, sampler=profile.sampler,
-                    steps=profile.sampler_steps, eta=args.eta, seed=args.seed, batch_size=profile.purify_batch_size,
-                    resume_dir=args.resume_dir, device=device, noise=args.noise)
-    path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
-    print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {device}) -> {path} "
-          f"({time.perf_counter() - started:.0f}s in all)")
+    with distributed.process_group(device):
+        start, stop = distributed.shard(len(dataset))      # the whole set in a single process
+        resume = args.resume_dir if size == 1 or not args.resume_dir else Path(args.resume_dir) / f"rows-{start}-{stop}"
+        part = purify(dataset.images[start:stop], model.to(device), schedule, t_star=profile.t_star,
+                      sampler=profile.sampler, steps=profile.sampler_steps, eta=args.eta, seed=args.seed,
+                      batch_size=profile.purify_batch_size, resume_dir=resume, device=device, noise=noise,
+                      first_index=start, progress=rank == 0)
+        images = distributed.gather_rows(part, len(dataset))
+    if rank == 0:
+        path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
+        print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {noise} noise, {device}"
+              f"{f', {size} processes' if size > 1 else ''}) -> {path} ({time.perf_counter() - started:.0f}s in all)")
     return 0
 
 
@@ -474,7 +497,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
         purifier = (model.to(device), schedule, key)
         summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps, diffusion_model=key)
         _say(f"purifying {len(dataset)} images (t*={profile.t_star}, {profile.sampler}; cached and resumable) ...")
-        purified = purified_set(dataset, profile, *purifier, noise=args.noise)
+        purified = purified_set(dataset, profile, *purifier, noise=_noise_mode(args))
         if args.out:
             summary["purified_set"] = str(save_images(purified, args.out))
     if args.train:
@@ -636,10 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
             knobs.add_argument("--gray-p", type=_unit_float, default=None, help="module B: grayscale probability (paper 0.4)")
             knobs.add_argument("--sigma", type=_unit_float, default=None, help="module C: Gaussian noise std (paper 0.05)")
         knobs.add_argument("--batch-size", type=_positive_int, default=None, help="images purified at once (default: the profile's)")
-        knobs.add_argument("--noise", default="official", choices=list(NOISE_MODES),
-                           help="purification noise: official (default: the official code's draws, for conformance "
-                                "and the cached results; depends on --batch-size) or per-image (each image's own "
-                                "generator seeded by (seed, index): identical at any --batch-size or sharding)")
+        knobs.add_argument("--noise", default=None, choices=list(NOISE_MODES),
+                           help="purification noise: official (the default in one process: the official code's "
+                                "draws, for conformance and the cached results; depends on --batch-size) or "
+                                "per-image (the default under torchrun: each image's own generator seeded by "
+                                "(seed, index), identical at any --batch-size or number of processes)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
     p = command("purify", cmd_purify, "purify a dataset file with a diffusion model (module A alone)")

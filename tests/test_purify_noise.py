@@ -53,8 +53,47 @@ def test_purify_and_defend_take_the_noise_mode():
     from eclipse.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["purify", "--input", "a.npz", "--out", "b.npz"]).noise == "official"
+    assert parser.parse_args(["purify", "--input", "a.npz", "--out", "b.npz"]).noise is None   # official in one process
     assert parser.parse_args(["purify", "--input", "a.npz", "--out", "b.npz", "--noise", "per-image"]).noise == "per-image"
     assert parser.parse_args(["defend", "--attack", "urp", "--noise", "per-image"]).noise == "per-image"
     with pytest.raises(SystemExit):
         parser.parse_args(["purify", "--input", "a.npz", "--out", "b.npz", "--noise", "shared"])
+
+
+def _run_cli(args, env_extra=None, nproc=None, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29561",
+              "-m", "eclipse"] if nproc else [sys.executable, "-m", "eclipse"]
+    done = subprocess.run(prefix + args, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_sharded_purification_equals_the_single_process_one_byte_for_byte(tmp_path):
+    """`torchrun --nproc-per-node 2 -m eclipse purify --noise per-image` (gloo, CPU) writes the same file as
+    one process, at another batch size; official noise under torchrun is refused."""
+    from eclipse.data import ImageSet, save_images
+    from eclipse.diffusion.checkpoints import DiffusionSettings, save_checkpoint
+
+    torch.manual_seed(0)
+    config = UNetConfig(num_channels=32, num_res_blocks=1, attention_resolutions="16", channel_mult=(1, 2))
+    weights = build_unet(config).state_dict()
+    ema = {k: v.clone() for k, v in weights.items()}   # not shared with the weights (the loader checks sizes)
+    save_checkpoint(tmp_path / "model.pt", model=weights, ema=ema, unet_config=config, diffusion=DiffusionSettings())
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    save_images(ImageSet(images, torch.arange(7) % 10, source="random"), tmp_path / "in.npz")
+    common = ["purify", "--profile", "smoke", "--checkpoint", str(tmp_path / "model.pt"), "--input",
+              str(tmp_path / "in.npz"), "--t-star", "4", "--sampler", "ancestral", "--device", "cpu"]
+    _run_cli(common + ["--noise", "per-image", "--batch-size", "7", "--out", str(tmp_path / "one.npz")])
+    _run_cli(common + ["--batch-size", "3", "--out", str(tmp_path / "two.npz")], nproc=2)
+    assert (tmp_path / "one.npz").read_bytes() == (tmp_path / "two.npz").read_bytes()
+    import subprocess
+    import sys
+    refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                              "29562", "-m", "eclipse", *common, "--noise", "official", "--out",
+                              str(tmp_path / "three.npz")], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "per-image" in refused.stdout + refused.stderr
