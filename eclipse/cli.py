@@ -346,15 +346,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from . import distributed
     from .experiments import clean_data, diffusion_model
+    from .seeding import resolve_device, set_default_device
 
     profile = _profile(args)
     overrides = {k: v for k, v in (("replicas", args.replicas), ("enlargement", args.enlargement),
-                                   ("iterations", args.iterations)) if v is not None}
+                                   ("iterations", args.iterations), ("batch_size", args.batch_size)) if v is not None}
+    device = set_default_device(distributed.rank_device(resolve_device(args.device)))
     sparse = _load_dataset(args.sparse_set) if args.sparse_set else None
     pool = None if sparse is not None else clean_data(profile, args.data)["pool"]
     started = time.perf_counter()
-    _, _, key = diffusion_model(profile, pool, sparse_size=args.sparse_size, sparse=sparse, **overrides)
+    rank, size = distributed.world()
+    with distributed.process_group(device):   # torchrun: DDP, global batch = --batch-size x processes
+        _, _, key = diffusion_model(profile, pool, sparse_size=args.sparse_size, sparse=sparse, progress=rank == 0,
+                                    **overrides)
+        if size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()   # rank 0's done.json is written
+    if rank != 0:
+        return 0
     from .storage import cache_dir
 
     folder = cache_dir() / "diffusion" / key
@@ -642,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enlargement", default=None, choices=["replicate", "crop", "flip", "rotation", "mixup"],
                    help="how the sparse set is enlarged (Fig. 3; default: replicate)")
     p.add_argument("--iterations", type=_positive_int, default=None, help="training iterations I (default: the profile's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per step and process (default: the profile's); under torchrun the global batch is "
+                        "this times the number of processes")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; each torchrun process its own GPU), "
+                                                    "cpu, cuda, cuda:N or mps")
 
     def eclipse_args(p: argparse.ArgumentParser, compensation: bool) -> None:
         model = p.add_argument_group("diffusion model (default: the profile's, trained on its sparse set)")

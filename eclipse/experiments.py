@@ -172,6 +172,10 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
     cfg = diffusion_config(profile, **overrides)
     identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
     inputs = {"sparse": digest(sparse), "config": identity}
+    from .distributed import world
+
+    if world()[1] > 1:
+        inputs["world_size"] = world()[1]   # DDP: the global batch is batch_size x world size
     # The learning rate is constant, so a longer run of the same configuration continues exactly where the
     # longest shorter cached run stopped (Fig. 5a's iteration sweep then costs one training of the largest I).
     # (the lineage includes the code identity: a run made by other training code is never continued)
@@ -189,6 +193,10 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
         return train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
 
     def save(result, folder: Path) -> None:
+        from .distributed import world
+
+        if world()[0] != 0:
+            return  # under torchrun rank 0 writes the artifact
         losses = result.losses[-50:]
         atomic_write_json({"config": identity, "lineage": lineage, "sparse_images": len(sparse), "steps": result.step,
                            "continued_from": started["start"].name if started["start"] is not None else None,

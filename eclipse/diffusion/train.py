@@ -6,6 +6,12 @@ UNet is trained with the hybrid loss, AdamW and an EMA. All randomness (enlargem
 order, timesteps, noise, dropout) comes from seeded generators whose states are checkpointed,
 so a run killed and rerun gives the same weights as an uninterrupted one (on CPU).
 
+Under torchrun (``torch.distributed`` initialised, world size W) the training is data-parallel (DDP):
+``batch_size`` is per process, the global batch is ``batch_size x W``; every rank draws the same global batch
+(indices, timesteps, noise) from the shared seeded generator and trains on its slice, DDP averages the
+gradients, so W ranks of batch b follow 1 rank of batch W*b (within float tolerance; dropout, drawn per rank,
+is 0 in every profile). Rank 0 writes the checkpoints; every rank resumes from them.
+
 Documented deviation: ``t_max`` trains only on t <= t_max (the paper samples t uniformly in
 [0, T)); purification from t* only queries t < t*, so CPU profiles spend their budget there.
 """
@@ -21,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..seeding import default_device, make_generator
 from ..storage import tensor_hash
 from ..validation import check_images
@@ -184,6 +191,10 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
     data = to_model_range(data).to(device)
     fingerprint = tensor_hash(images)
     cfg_dict = cfg.to_dict()
+    rank, world_size = distributed.world()
+    parallel = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not parallel:
+        rank, world_size = 0, 1
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)  # model init and dropout draw from the (forked) global stream
@@ -197,6 +208,8 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             ck = load_checkpoint(ckpt_path)
             extra = ck["extra"]
             bad = _compatible(extra.get("train_config", {}), cfg_dict)
+            if extra.get("world_size", 1) != world_size:
+                bad = bad + [f"world size {extra.get('world_size', 1)} (now {world_size}: another global batch)"]
             if bad or extra.get("images") != fingerprint:
                 raise ValueError(f"{ckpt_path}: checkpoint is from another run (differs in "
                                  f"{bad or ['images']}); use a fresh out_dir")
@@ -211,8 +224,11 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
                 torch.cuda.set_rng_state(extra["cuda_rng"], device)
 
         def save() -> None:
+            if rank != 0:
+                return
             extra = {
-                "train_config": cfg_dict, "images": fingerprint, "perm": perm, "pos": pos, "losses": losses,
+                "train_config": cfg_dict, "world_size": world_size, "images": fingerprint, "perm": perm, "pos": pos,
+                "losses": losses,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
@@ -221,13 +237,16 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
                             optimizer=opt.state_dict(), extra=extra)
 
         model.train()
-        bar = tqdm(total=cfg.iterations, initial=min(step, cfg.iterations), disable=not progress, desc="diffusion")
+        net = torch.nn.parallel.DistributedDataParallel(model) if parallel else model
+        mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)   # this rank's part of the global batch
+        bar = tqdm(total=cfg.iterations, initial=min(step, cfg.iterations), disable=not progress or rank != 0,
+                   desc="diffusion")
         while step < cfg.iterations:
-            idx, perm, pos = _next_batch(perm, pos, len(data), cfg.batch_size, gen)
-            x0 = data[idx.to(device)]
-            t = torch.randint(0, t_hi, (x0.shape[0],), generator=gen).to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            loss = training_losses(model, schedule, x0, t, noise)["loss"].mean()
+            idx, perm, pos = _next_batch(perm, pos, len(data), cfg.batch_size * world_size, gen)
+            t = torch.randint(0, t_hi, (len(idx),), generator=gen)
+            noise = torch.randn((len(idx), *data.shape[1:]), generator=gen)
+            x0, t, noise = data[idx[mine].to(device)], t[mine].to(device), noise[mine].to(device)
+            loss = training_losses(net, schedule, x0, t, noise)["loss"].mean()
             if not torch.isfinite(loss):
                 bar.close()
                 where = f"last good checkpoint kept at {ckpt_path}" if ckpt_path.exists() else "no checkpoint written yet"
@@ -238,6 +257,10 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             opt.step()
             _update_ema(ema, params, cfg.ema_rate)
             step += 1
+            if parallel:   # the global batch's mean loss, the number one process would log
+                loss = loss.detach().clone()
+                torch.distributed.all_reduce(loss)
+                loss = loss / world_size
             losses.append(float(loss.detach()))
             bar.update(1)
             if on_step is not None:
@@ -247,6 +270,8 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
         bar.close()
         if not ckpt_path.exists():
             save()
+        if parallel:
+            torch.distributed.barrier()   # rank 0's checkpoint is written before any rank goes on
     model.eval()
     ema_model = build_unet(cfg.unet).to(device)
     ema_model.load_state_dict(_ema_state(model, ema))

@@ -1,5 +1,6 @@
-"""Purification noise modes: ``per-image`` gives each image its own stream, so the result does not depend on
-how the set is batched or sharded; ``official`` keeps the official code's draws (and depends on the batching)."""
+"""Results that do not depend on how work is split: ``per-image`` purification noise (each image its own stream;
+``official`` keeps the official code's draws and depends on the batching), torchrun-sharded purification and
+DDP diffusion training (gloo, 2 CPU processes)."""
 from __future__ import annotations
 
 import pytest
@@ -97,3 +98,27 @@ def test_torchrun_sharded_purification_equals_the_single_process_one_byte_for_by
                               "29562", "-m", "eclipse", *common, "--noise", "official", "--out",
                               str(tmp_path / "three.npz")], capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "per-image" in refused.stdout + refused.stderr
+
+
+def test_torchrun_ddp_diffusion_training_follows_one_process_with_the_global_batch(tmp_path):
+    """2 DDP ranks of batch 2 (gloo, CPU) train the weights 1 process trains with batch 4, within float
+    tolerance; rank 0 writes the one checkpoint."""
+    from eclipse.data import ImageSet, save_images
+    from eclipse.storage import safe_torch_load
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    save_images(ImageSet(images, torch.arange(8) % 10, source="random"), tmp_path / "sparse.npz")
+    common = ["train-diffusion", "--profile", "smoke", "--sparse-set", str(tmp_path / "sparse.npz"), "--iterations",
+              "3", "--replicas", "0", "--device", "cpu"]
+    _run_cli(common + ["--batch-size", "4"], env_extra={"ECLIPSE_CACHE": str(tmp_path / "one")})
+    _run_cli(common + ["--batch-size", "2"], env_extra={"ECLIPSE_CACHE": str(tmp_path / "two")}, nproc=2)
+    (one,), (two,) = [list((tmp_path / c / "diffusion").glob("*/checkpoint.pt")) for c in ("one", "two")]
+    a, b = safe_torch_load(one), safe_torch_load(two)
+    assert a["step"] == b["step"] == 3 and b["extra"]["world_size"] == 2
+    for name, value in a["ema"].items():
+        assert torch.allclose(value, b["ema"][name], atol=1e-5, rtol=1e-4), name
+    assert a["extra"]["losses"] == pytest.approx(b["extra"]["losses"], rel=1e-4)
+    _run_cli(common + ["--batch-size", "2"], env_extra={"ECLIPSE_CACHE": str(tmp_path / "small")})
+    (small,) = list((tmp_path / "small" / "diffusion").glob("*/checkpoint.pt"))
+    c = safe_torch_load(small)
+    assert not all(torch.allclose(v, c["model"][k], atol=1e-5, rtol=1e-4) for k, v in b["model"].items())  # batch 2 is not 4
