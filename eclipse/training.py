@@ -53,16 +53,17 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
         return x
     n, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    oy = torch.randint(0, 2 * padding + 1, (n, 1))
+    oy = torch.randint(0, 2 * padding + 1, (n, 1))   # drawn on the CPU generator (seeded, checkpointed)
     ox = torch.randint(0, 2 * padding + 1, (n, 1))
-    rows = (oy + torch.arange(h)).view(n, 1, h, 1)
-    cols = (ox + torch.arange(w)).view(n, 1, 1, w)
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+    rows = (oy + torch.arange(h)).view(n, 1, h, 1).to(x.device)
+    cols = (ox + torch.arange(w)).view(n, 1, 1, w).to(x.device)
+    index_n = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    return padded[index_n, torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:
     """Flip each image horizontally with probability 1/2."""
-    flip = (torch.rand(x.shape[0]) < 0.5).view(-1, 1, 1, 1)
+    flip = (torch.rand(x.shape[0]) < 0.5).view(-1, 1, 1, 1).to(x.device)
     return torch.where(flip, x.flip(3), x)
 
 
@@ -184,8 +185,11 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
     # ``net`` is the network; ``model``/``optimizer`` what the steps go through (DP-SGD: Opacus's wrappers)
     model, optimizer = (defense.wrap_training(net, optimizer, config.batch_size, len(train))
                         if defense.wrap_training is not None else (net, optimizer))
-    images = defense.prepare(train.images, train.labels) if defense.prepare else train.images
-    labels = train.labels
+    # The whole set lives on the training device and is augmented there, with every random draw from the CPU
+    # generator (seeded and checkpointed, so a run is the same and resumes exactly on any device); the epoch's
+    # loss and accuracy are summed on the device, read once per epoch (no per-step host syncs).
+    images = (defense.prepare(train.images, train.labels) if defense.prepare else train.images).to(device)
+    labels = train.labels.to(device)
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.arch} [{defense.name}]", disable=not progress,
                initial=start_epoch, total=config.epochs, leave=False)
     for epoch in bar:
@@ -193,8 +197,9 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
         model.train()
         if defense.on_epoch_start is not None:
             defense.on_epoch_start(epoch, config.epochs)
-        order = torch.randperm(len(train))
-        loss_sum, correct = 0.0, 0
+        order = torch.randperm(len(train)).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         for batch in order.split(config.batch_size):
             x = images[batch].float()
             if images.dtype == torch.uint8:
@@ -212,9 +217,10 @@ def train_victim(train: ImageSet, test: ImageSet, config: TrainConfig, *, defens
                                     label_smoothing=config.label_smoothing, max_grad_norm=config.max_grad_norm)
             if scheduler is not None:
                 scheduler.step()
-            loss_sum += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(1).cpu() == y).sum())
-        entry = {"epoch": epoch + 1, "loss": loss_sum / len(train), "train_acc": 100.0 * correct / len(train)}
+            loss_sum += loss.detach().double() * len(batch)
+            correct += (logits.argmax(1) == y).sum()
+        entry = {"epoch": epoch + 1, "loss": float(loss_sum) / len(train),
+                 "train_acc": 100.0 * int(correct) / len(train)}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             entry["test_acc"] = evaluate(net, test, config.eval_batch_size, device)
         elapsed += time.perf_counter() - tick

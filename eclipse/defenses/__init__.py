@@ -52,7 +52,7 @@ class Defense:
 
 def random_grayscale(x: torch.Tensor, gray_p: float) -> torch.Tensor:
     """Convert each image independently to 3-channel grayscale with probability ``gray_p``."""
-    chosen = torch.rand(x.shape[0]) < gray_p
+    chosen = (torch.rand(x.shape[0]) < gray_p).to(x.device)
     if chosen.any():
         x = x.clone()
         x[chosen] = TF.rgb_to_grayscale(x[chosen], num_output_channels=3)
@@ -62,7 +62,7 @@ def random_grayscale(x: torch.Tensor, gray_p: float) -> torch.Tensor:
 def gaussian_noise(x: torch.Tensor, sigma: float, requantize: bool = True) -> torch.Tensor:
     """Add N(0, sigma^2), clamp to [0, 1] and (as the official code's ToPILImage round trip does)
     re-quantise to 8 bits by truncation."""
-    x = (x + sigma * torch.randn_like(x)).clamp_(0, 1)
+    x = (x + sigma * torch.randn(x.shape).to(x.device)).clamp_(0, 1)   # CPU generator on any device
     return x.mul(255).floor_().div_(255) if requantize else x
 
 
@@ -90,7 +90,7 @@ def cutout_batch(size: int = 16) -> BatchFn:
         # the box spans [c - size/2, c + size/2): rows c-8 .. c+7 for size 16
         inside = (rows >= cy - size // 2) & (rows < cy + size - size // 2) & (cols >= cx - size // 2) & (
             cols < cx + size - size // 2)
-        return x.masked_fill(inside.unsqueeze(1), 0.0), y
+        return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0), y
     return step
 
 
@@ -193,7 +193,8 @@ def pgd_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     model.eval()
     device = next(model.parameters()).device
     x, y = x.detach().to(device), y.to(device)
-    delta = torch.empty_like(x).uniform_(-epsilon, epsilon) if random_start else torch.zeros_like(x)
+    delta = (torch.empty(x.shape).uniform_(-epsilon, epsilon).to(device) if random_start  # the CPU generator
+             else torch.zeros_like(x))
     delta = (x + delta).clamp_(0, 1) - x
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -209,7 +210,7 @@ def _adversarial(epsilon: float, steps: int, step_size: float):
     def step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
         if y.ndim != 1:
             raise ValueError("adversarial training needs hard labels (it does not combine with mixup/cutmix)")
-        return pgd_examples(model, x, y, epsilon=epsilon, steps=steps, step_size=step_size).cpu(), y
+        return pgd_examples(model, x, y, epsilon=epsilon, steps=steps, step_size=step_size), y
     return step
 
 
