@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -195,6 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     profile = _profile(args)
     if args.out:
         check_output(args.out, [args.dataset, args.data], suffixes=(".json",))
+    _use_device(args)
     sets = clean_data(profile, args.data)
     train = _load_dataset(args.dataset) if args.dataset else sets["train"]
     _check_same_classes(train, sets["eval"], args.dataset or "the training set")
@@ -246,6 +248,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from .viz import save_table
 
     profile = _profile(args)
+    _use_device(args)
     started = time.perf_counter()
     defenses = ([d for d in DEFENSES if d not in ("grayscale", "noise")] + list(PURIFYING_DEFENSES)
                 if args.defenses == ["all"] else args.defenses)
@@ -296,6 +299,7 @@ def cmd_poison(args: argparse.Namespace) -> int:
 
     profile = _profile(args)
     check_output(args.out, [args.data])
+    _use_device(args)
     started = time.perf_counter()
     _say(f"reading CIFAR-10 and drawing the {profile.name} profile's training subset ...")
     clean = clean_data(profile, args.data)["train"]
@@ -326,7 +330,23 @@ def parse_parameters(pairs: list[list[str]] | None, what: str = "notebook parame
     return out
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (ECLIPSE_DEVICE, else CUDA when present, else CPU), cpu, "
+                                                    "cuda, cuda:N or mps")
+
+
+def _use_device(args: argparse.Namespace):
+    """Make --device this process's default device (and its notebooks': ECLIPSE_DEVICE); return it."""
+    from .seeding import resolve_device, set_default_device
+
+    device = set_default_device(resolve_device(args.device))
+    if args.device not in (None, "", "auto"):
+        os.environ["ECLIPSE_DEVICE"] = str(device)
+    return device
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    _use_device(args)
     try:
         import papermill  # noqa: F401
     except ImportError:
@@ -609,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output: .pkl (ECLIPSE format), .npz or a folder (PNG ImageFolder)")
 
     p = command("train", cmd_train, "train a victim on a dataset file (or the clean subset) and evaluate it")
+    _device_arg(p)
     _profile_arg(p)
     p.add_argument("--dataset", help="training set file (.pkl/.npz/folder); default: the profile's clean subset")
     p.add_argument("--defense", default="none", choices=[*reg["defenses"].names(), *reg["purifying"].names()],
@@ -620,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the full result JSON (per-epoch log included) here")
 
     p = command("table", cmd_table, "attacks x defenses accuracy table, CSV/Markdown + manifest")
+    _device_arg(p)
     _profile_arg(p)
     p.add_argument("--attacks", nargs="+", default=["clean", "urp", "lsp", "ar", "ops"],
                    choices=["clean", *reg["attacks"].names()], metavar="ATTACK", help=f"clean or: {attacks_help}")
@@ -638,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = command("poison", cmd_poison, "poison the profile's training subset and write it")
+    _device_arg(p)
     _profile_arg(p)
     p.add_argument("--attack", required=True, choices=reg["attacks"].names(), metavar="ATTACK", help=attacks_help)
     p.add_argument("--out", required=True, help="output: .pkl (ECLIPSE format), .npz or a folder (PNG ImageFolder)")
@@ -707,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CIFAR-10 evaluation images (--no-train: purify only)")
 
     p = command("reproduce", cmd_reproduce, "run the notebooks with papermill (every figure and table)")
+    _device_arg(p)
     p.add_argument("--profile", default="quick", choices=reg["profiles"].names(), metavar="PROFILE",
                    help=_choices(reg["profiles"]))
     p.add_argument("--only", nargs="+", default=None, help="notebooks whose name contains one of these (e.g. 04 05)")

@@ -87,3 +87,18 @@ def test_precision_flag_overrides_the_profile_victim_and_says_when_bf16_is_emula
         training.train_victim(small, small, config, progress=False)
     assert any("emulated" in str(w.message) for w in caught)
     assert isinstance(seeding.native_bf16(), bool)
+
+
+def test_every_command_prints_its_help_and_the_compute_commands_take_a_device(capsys):
+    """Help text is formatted with %-substitution: a registry description with a bare '%' breaks it."""
+    from eclipse.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([name, "--help"])
+        assert done.value.code == 0, name
+    capsys.readouterr()
+    for name in ("train", "table", "poison", "train-diffusion", "purify", "defend", "reproduce"):
+        assert "--device" in commands[name].format_help(), name

@@ -76,7 +76,7 @@ def _ueraser(repeats: int, fraction: float):
 
 
 @DEFENSES.register("ueraser", description="UEraser (Qin et al. 2023): train on the worst of 5 augmented copies "
-                                          "(30% of epochs), then on one (torchvision v2 policy)")
+                                          "(the first 30 percent of epochs), then on one (torchvision v2 policy)")
 def _ueraser_defense(p: DefenseParams) -> Defense:
     step, on_epoch_start = _ueraser(p.ueraser_repeats, p.ueraser_fraction)
     return Defense("ueraser", on_model_batch=step, on_epoch_start=on_epoch_start,
