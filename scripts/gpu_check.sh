@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 17): one short run on a lent GPU machine (the `device` tool), results in $OUT.
+#   run: bash scripts/gpu_check.sh        (timeout_s ~540; about 6-8 min on one H200)
+# 1. the package's CUDA path: per-image purification equal at two batch sizes on CUDA, a victim epoch on the
+#    device, torchrun with one process per GPU; 2. purification speed of the paper's 52.5M UNet: fp32 vs bf16,
+#    eager vs compiled, channels_last; 3. victim training throughput on the device.
+# Not yet run on a GPU (none was lent so far): read its log before trusting a number.
+set -uo pipefail
+OUT=${OUT:-gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 ECLIPSE_CACHE=${ECLIPSE_CACHE:-/tmp/eclipse-cache}
+log() { echo "== $(date -u +%T) $*" | tee -a "$OUT/log.txt"; }
+python -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0))" \
+  2>&1 | tee -a "$OUT/log.txt" || { log "no torch with CUDA here"; exit 1; }
+python -m pip install -q --no-deps -e . 2>&1 | tail -1
+python -c "import opacus" 2>/dev/null || log "opacus missing: DP-SGD is skipped"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/log.txt"
+
+log "1a. per-image purification on CUDA: batch 64 vs 7, one process"
+timeout 120 python - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
+import torch
+from eclipse.diffusion.checkpoints import DiffusionSettings, schedule_from_settings
+from eclipse.diffusion.unet import UNetConfig, build_unet
+from eclipse.purify import purify
+torch.manual_seed(0)
+model = build_unet(UNetConfig(num_channels=64, num_res_blocks=2)).cuda().eval()
+schedule = schedule_from_settings(DiffusionSettings(diffusion_steps=4000))
+x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+a, b = (purify(x, model, schedule, t_star=20, seed=1, batch_size=bs, noise="per-image", progress=False)
+        for bs in (64, 7))
+print("bit-identical:", torch.equal(a, b), "max level difference:", int((a.int() - b.int()).abs().max()))
+PY
+log "1b. a quick victim on CUDA (10,000 images, 20 epochs, bf16)"
+timeout 240 python -m eclipse train --profile quick --device cuda --out "$OUT/victim-quick.json" 2>&1 | tail -12 \
+  | tee -a "$OUT/log.txt"
+log "2. purification throughput, the paper's UNet, 256 images, t* = 100"
+for flags in "--dtype fp32" "--dtype bf16" "--dtype bf16 --channels-last" "--dtype bf16 --channels-last --compile"; do
+  timeout 150 python benchmarks/purify.py --paper --device cuda --n 256 --t-star 100 --samplers ancestral,one_shot \
+    --repeats 2 $flags 2>&1 | tail -4 | sed "s/^/[$flags] /" | tee -a "$OUT/log.txt"
+done
+log "done"
