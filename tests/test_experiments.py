@@ -80,7 +80,7 @@ def test_every_profile_grid_names_registered_attacks_methods_and_victims():
                 assert attack in ATTACKS, (name, grid_name, attack)
             for method_name in grid.get("methods", []) + grid.get("table3_methods", []):
                 assert is_method(method_name), (name, grid_name, method_name)
-            for arch in grid.get("archs", []):
+            for arch in grid.get("archs", []) + [a for a in [grid.get("second_arch")] if a]:
                 assert arch in VICTIMS, (name, grid_name, arch)
         for defense in profile.defense_params:
             assert is_method(defense), (name, defense)
