@@ -191,7 +191,7 @@ QUICK = Profile(
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
         residuals=dict(n_images=200, attacks=_QUICK_POISONS),
     ),
-    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 4.5 h cold with TAP and SEP, estimated)",
+    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 5 h cold with EM, REM, TAP and SEP, estimated)",
 )
 
 SMOKE = Profile(
