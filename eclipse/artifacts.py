@@ -32,6 +32,7 @@ ARTIFACT_CODE: dict[str, tuple[str, ...]] = {
     "runs": ("eclipse.training", "eclipse.victims", "eclipse.defenses"),
     "diffusion": ("eclipse.diffusion.train",),
     "purified": ("eclipse.purify",),
+    "consistency": ("eclipse.diffusion.consistency",),
 }
 
 

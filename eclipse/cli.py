@@ -420,6 +420,21 @@ def _eclipse_profile(args: argparse.Namespace):
 
 
 def _purifier(args: argparse.Namespace, profile, device):
+    """(model, schedule, key) the profile's sampler purifies with: :func:`_diffusion_purifier`'s model, or its
+    consistency fine-tuning (on --sparse-set, else the profile's sparse set) for ``--sampler consistency``."""
+    from .diffusion.samplers import SAMPLERS
+    from .experiments import clean_data, purifier_for
+
+    base = _diffusion_purifier(args, profile, device)
+    if SAMPLERS[profile.sampler].purifier != "consistency":
+        return base
+    _say(f"fine-tuning (or reusing) the one-step consistency purifier for t* = {profile.t_star} (cached, resumable) ...")
+    if args.sparse_set:
+        return purifier_for(profile, profile.sampler, base, sparse=_load_dataset(args.sparse_set))
+    return purifier_for(profile, profile.sampler, base, clean_data(profile, args.data)["pool"])
+
+
+def _diffusion_purifier(args: argparse.Namespace, profile, device):
     """(model, schedule, key): the user's checkpoint, a model trained on --sparse-set, or the profile's."""
     from .diffusion.checkpoints import load_model_and_schedule
     from .experiments import clean_data, diffusion_model

@@ -236,10 +236,15 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     ``noise``: ``official`` or ``per-image`` (:data:`eclipse.purify.NOISE_MODES`)."""
     from .purify import purify
 
+    from .diffusion.samplers import SAMPLERS
+
     profile = get_profile(profile)
     t_star = t_star or profile.t_star
     sampler = sampler or profile.sampler
     steps = steps if steps is not None else profile.sampler_steps
+    if SAMPLERS[sampler].purifier == "consistency" and not model_key.startswith(CONSISTENCY_PREFIX):
+        raise ValueError(f"sampler {sampler!r} runs on the consistency-fine-tuned weights; get them with "
+                         "eclipse.experiments.purifier_for(profile, sampler, (model, schedule, key), pool=...)")
     inputs = {"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler, "steps": steps,
               "seed": profile.seed, "batch": profile.purify_batch_size, "noise": noise}
 
@@ -251,3 +256,67 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     images, _, _ = cached("purified", inputs, compute, load=safe_torch_load, save=atomic_torch_save,
                           label=f"{sampler}-t{t_star}", suffix=".pt")
     return dataset.with_images(images, f"purified[t*={t_star},{sampler}]({dataset.source})")
+
+
+CONSISTENCY_PREFIX = "consistency-"
+
+
+def consistency_purifier(profile: Profile | str, base: tuple, pool: ImageSet | None = None, *,
+                         sparse: ImageSet | None = None, t_star: int | None = None, progress: bool = True) -> tuple:
+    """The one-step purifier of :mod:`eclipse.diffusion.consistency`: the diffusion model ``base = (model,
+    schedule, key)`` fine-tuned on the profile's sparse set drawn from ``pool`` (or on ``sparse``) for depth
+    ``t_star`` (default the profile's), with the profile's ``consistency`` settings. Cached and resumable;
+    returns ``(model, schedule, key)`` with a key that ``purified_set`` accepts for ``sampler="consistency"``."""
+    import copy
+
+    from .data import sparse_set
+    from .diffusion.consistency import ConsistencyConfig, finetune_consistency
+
+    profile = get_profile(profile)
+    model, schedule, base_key = base
+    if sparse is None:
+        if pool is None:
+            raise ValueError("the consistency purifier is fine-tuned on clean images: pass the defender pool or "
+                             "a sparse set")
+        sparse = sparse_set(pool, profile.sparse_size, profile.seed)
+    t_star = t_star or profile.t_star
+    cfg = ConsistencyConfig(**{"seed": profile.seed, **profile.consistency})
+    inputs = {"base": base_key, "sparse": digest(sparse), "t_star": t_star, "config": cfg.to_dict()}
+    started: dict = {}
+
+    def compute(folder: Path):
+        started["tick"] = time.perf_counter()
+        return finetune_consistency(model, schedule, sparse.images, cfg, t_star=t_star, out_dir=folder,
+                                    device=default_device(), progress=progress)
+
+    def save(result, folder: Path) -> None:
+        losses = result[1]
+        atomic_write_json({"inputs": inputs, "steps": len(losses),
+                           "first_loss": float(sum(losses[:20]) / max(1, len(losses[:20]))),
+                           "final_loss": float(sum(losses[-20:]) / max(1, len(losses[-20:]))),
+                           "wall_time_s": time.perf_counter() - started["tick"]}, folder / "done.json")
+
+    def load(folder: Path):
+        from .diffusion.consistency import CHECKPOINT_NAME
+
+        tuned = copy.deepcopy(model)
+        tuned.load_state_dict(safe_torch_load(folder / CHECKPOINT_NAME)["ema"])
+        return tuned.to(default_device()).eval().requires_grad_(False), None
+
+    (tuned, _), was_cached, folder = cached("consistency", inputs, compute, load=load, save=save,
+                                            done=lambda f: (f / "done.json").exists(), label=f"t{t_star}")
+    if progress and was_cached:
+        print(f"consistency purifier: reusing the cached {folder.name}")
+    return tuned, schedule, CONSISTENCY_PREFIX + folder.name
+
+
+def purifier_for(profile: Profile | str, sampler: str | None, base: tuple, pool: ImageSet | None = None, *,
+                 sparse: ImageSet | None = None, t_star: int | None = None, progress: bool = True) -> tuple:
+    """The ``(model, schedule, key)`` that ``sampler`` (default the profile's) purifies with: ``base`` itself,
+    or its consistency fine-tuning for a sampler that needs it."""
+    from .diffusion.samplers import SAMPLERS
+
+    profile = get_profile(profile)
+    if SAMPLERS[sampler or profile.sampler].purifier != "consistency" or base[2].startswith(CONSISTENCY_PREFIX):
+        return base
+    return consistency_purifier(profile, base, pool, sparse=sparse, t_star=t_star, progress=progress)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .data import ImageSet
-from .experiments import diffusion_model, purified_set, victim_run
+from .experiments import diffusion_model, purified_set, purifier_for, victim_run
 from .profiles import Profile, get_profile
 from .registry import Registry
 
@@ -80,6 +80,8 @@ def run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules
             if pool is None:
                 raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
             purifier = diffusion_model(profile, pool, progress=progress)
+        purifier = purifier_for(profile, purify_overrides.get("sampler"), purifier, pool,
+                                t_star=purify_overrides.get("t_star"), progress=progress)
         dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
     result = victim_run(dataset, evaluation, profile, spec.defense, progress=progress, **(victim or {}))
     return {**result, "modules": spec.name}

@@ -57,7 +57,7 @@ def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_s
     if callback is not None:
         callback({"stage": "noised", "i": t_star - 1, "t": t_star - 1, "x": x_t, "pred_xstart": None})
     reverse = None if callback is None else lambda state: callback({"stage": "reverse", **state})
-    options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse)
+    options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse, x0=x0)
     return spec.fn(model, schedule, x_t, t_star - 1, generator, options)
 
 

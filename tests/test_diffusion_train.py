@@ -173,7 +173,8 @@ class CountingModel(torch.nn.Module):
         return self.model(x, t)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("respaced", 3), ("ddim", 3), ("one_shot", None)])
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("respaced", 3), ("ddim", 3), ("one_shot", None),
+                                           ("chained", None), ("chained", 2), ("masked", 2)])
 def test_samplers_shape_dtype_and_nfe(random_model, schedule, images, sampler, steps):
     counter = CountingModel(random_model)
     out = purify(images[:3], counter, schedule, t_star=6, sampler=sampler, steps=steps, seed=1, batch_size=8,
@@ -220,15 +221,56 @@ def test_purify_keeps_order_and_is_deterministic(random_model, schedule, images)
     assert torch.equal(dist.argmin(dim=1), torch.arange(len(images)))
 
 
-def test_purify_resumes_from_chunks(random_model, schedule, images, tmp_path):
-    full = purify(images, random_model, schedule, t_star=3, seed=4, batch_size=3, progress=False)
-    crashing = CountingModel(random_model, fail_after=3 * 2)  # dies in the third chunk
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("chained", 2), ("masked", 2)])
+def test_purify_resumes_from_chunks(random_model, schedule, images, tmp_path, sampler, steps):
+    kw = dict(t_star=3, sampler=sampler, steps=steps, seed=4, batch_size=3, progress=False)
+    nfe = S.network_evaluations(sampler, 3, steps)
+    full = purify(images, random_model, schedule, **kw)
+    crashing = CountingModel(random_model, fail_after=2 * nfe)  # dies in the third chunk
     with pytest.raises(RuntimeError, match="simulated crash"):
-        purify(images, crashing, schedule, t_star=3, seed=4, batch_size=3, resume_dir=tmp_path, progress=False)
+        purify(images, crashing, schedule, resume_dir=tmp_path, **kw)
     assert sorted(p.name for p in tmp_path.glob("chunk_*.pt")) == ["chunk_000000.pt", "chunk_000001.pt"]
     counter = CountingModel(random_model)
-    resumed = purify(images, counter, schedule, t_star=3, seed=4, batch_size=3, resume_dir=tmp_path, progress=False)
-    assert counter.calls == 3  # only the last chunk was recomputed
+    resumed = purify(images, counter, schedule, resume_dir=tmp_path, **kw)
+    assert counter.calls == nfe  # only the last chunk was recomputed
     assert torch.equal(resumed, full)
     with pytest.raises(ValueError, match="another purification run"):
-        purify(images, random_model, schedule, t_star=3, seed=5, batch_size=3, resume_dir=tmp_path, progress=False)
+        purify(images, random_model, schedule, resume_dir=tmp_path, **{**kw, "seed": 5})
+
+
+def test_one_round_of_chained_is_one_shot_and_more_rounds_move_on(random_model, schedule, images):
+    x0 = images[:3].float() / 127.5 - 1
+    x_t = forward_noise(schedule, x0, 6, torch.Generator().manual_seed(0))
+    once = S.one_shot(random_model, schedule, x_t, 5)
+    chain1 = S.chained(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1), S.SamplerOptions(steps=1))
+    assert torch.equal(once, chain1)
+    rounds = []
+    chain3 = S.chained(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1),
+                       S.SamplerOptions(steps=3, callback=lambda state: rounds.append(state["x"].clone())))
+    assert len(rounds) == 3 and torch.equal(rounds[0], once) and torch.equal(rounds[-1], chain3)
+    assert (chain3 - once).abs().max() > 1e-4
+    again = S.chained(random_model, schedule, x_t, 5, torch.Generator().manual_seed(1), S.SamplerOptions(steps=3))
+    assert torch.equal(again, chain3)
+
+
+def test_masked_regenerates_each_patch_once_from_its_context(random_model, schedule, images):
+    """The two checkerboard masks are complementary and every output patch comes from the pass that
+    regenerated it (not the held context, which ends as the input itself): changing the input only inside
+    mask 0's patches changes the patches pass 1 regenerated from that context."""
+    masks = S.checkerboard_masks(32, 32)
+    assert masks.shape == (2, 1, 32, 32) and torch.equal(masks.sum(0), torch.ones(1, 32, 32))
+    assert masks[0, 0, :8, :8].eq(1).all() and masks[0, 0, :8, 8:16].eq(0).all()
+    x0 = images[:2].float() / 127.5 - 1
+
+    def run(inp, seed=1):
+        x_t = forward_noise(schedule, inp, 400, torch.Generator().manual_seed(0))   # deep: the model matters
+        return S.masked(random_model, schedule, x_t, 399, torch.Generator().manual_seed(seed),
+                        S.SamplerOptions(steps=2, x0=inp))
+    out = run(x0)
+    assert torch.equal(out, run(x0)) and not torch.equal(out, run(x0, seed=2))
+    for mask in masks:                                         # every patch regenerated, none left as the input
+        assert ((out - x0) * mask).abs().mean() > 1e-2
+    shifted = run((x0 + 0.5 * masks[0]).clamp(-1, 1))          # another input only where pass 0 regenerates
+    assert ((shifted - out) * masks[1]).abs().max() > 1e-3     # pass 1 regenerated its patches from that context
+    with pytest.raises(ValueError, match="un-noised input"):
+        S.masked(random_model, schedule, x0, 399, None, S.SamplerOptions(steps=2))

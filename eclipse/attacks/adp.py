@@ -18,6 +18,8 @@ noise without 8-bit re-quantisation inside the objective (rounding has no gradie
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -59,8 +61,10 @@ def differentiable_purifier(checkpoint: str, config: str | None = None, *, t_sta
     options = SamplerOptions(steps=steps, grad=True)
 
     def transform(x: torch.Tensor) -> torch.Tensor:
-        x_t = forward_noise(schedule, x.to(device) * 2 - 1, t_star, None)
-        return ((spec.fn(model, schedule, x_t, t_star - 1, None, options) + 1) / 2).clamp(0, 1)
+        x0 = x.to(device) * 2 - 1
+        x_t = forward_noise(schedule, x0, t_star, None)
+        out = spec.fn(model, schedule, x_t, t_star - 1, None, replace(options, x0=x0))
+        return ((out + 1) / 2).clamp(0, 1)
     return transform
 
 
