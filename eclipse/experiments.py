@@ -128,10 +128,11 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
         return train_victim(train, evaluation, victim, defense=defense_obj, seed=seed, out_dir=folder,
                             progress=progress)  # writes folder/result.json when finished
 
-    result, was_cached, _ = cached("runs", inputs, compute, load=lambda f: json.loads((f / "result.json").read_text()),
-                                   save=lambda value, folder: None, done=lambda f: (f / "result.json").exists(),
-                                   label=f"{victim.arch}-{defense}", code=(VICTIMS[victim.arch].__module__,))
-    return {**result, "cached": was_cached}
+    result, was_cached, folder = cached("runs", inputs, compute,
+                                        load=lambda f: json.loads((f / "result.json").read_text()),
+                                        save=lambda value, folder: None, done=lambda f: (f / "result.json").exists(),
+                                        label=f"{victim.arch}-{defense}", code=(VICTIMS[victim.arch].__module__,))
+    return {**result, "cached": was_cached, "run_dir": str(folder)}
 
 
 # --------------------------------------------------------------------------------------------

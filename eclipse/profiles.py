@@ -11,8 +11,8 @@ from .registry import Registry
 from .training import TrainConfig
 
 GRID_NAMES = ("noise_assimilation", "sparse_diffusion", "gallery", "main_results", "ablation", "hyperparameters",
-              "residuals")
-"""The notebooks' grids, one per notebook (01 ... 07), each a dict of notebook parameters."""
+              "residuals", "purifiers")
+"""The notebooks' grids, one per notebook (01 ... 08), each a dict of notebook parameters."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,10 @@ PAPER = Profile(
                              gray_ps=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], sigmas=[0.025, 0.05, 0.075, 0.1],
                              t_stars=[50, 100, 150]),
         residuals=dict(n_images=1000, attacks=_PAPER_POISONS),
+        # notebook 08 (issue 18; not in the paper): purifiers as "sampler" or "sampler-steps"
+        purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
+                       purifiers=["ancestral", "respaced-10", "ddim-10", "one_shot", "consistency", "chained-3",
+                                  "masked-10"]),
     ),
     description="the paper's settings: 50,000 images, ResNet-18 80 epochs, 128-channel UNet 250k iterations (GPU)",
 )
@@ -195,6 +199,10 @@ QUICK = Profile(
         hyperparameters=dict(attacks={"p": ["lsp", "sep"], "sigma": ["lsp", "sep"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
         residuals=dict(n_images=200, attacks=_QUICK_POISONS),
+        # notebook 08: 100 ancestral steps at t* = 200 would take ~3 h a poison here (README's sampler table);
+        # 60 sweep victims (~2 min each) + the consistency fine-tuning: ~2.5 h cold (estimated, not yet run)
+        purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
+                       purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "masked-2"]),
     ),
     description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 5 h cold with EM, REM, TAP and SEP, estimated)",
 )
@@ -229,6 +237,7 @@ SMOKE = Profile(
         hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["lsp"]}, gray_ps=[0.2, 0.4],
                              sigmas=[0.05], t_stars=[10]),
         residuals=dict(n_images=20, attacks=_SMOKE_POISONS),
+        purifiers=dict(attacks=["urp"], modules=["A+B+C"], purifiers=["one_shot", "consistency", "chained-2", "masked-2"]),
     ),
     description="tests: 500 images, 2 epochs, a 10-iteration diffusion model (seconds; accuracies near chance)",
 )

@@ -139,3 +139,84 @@ def hyperparameter_sweep(profile: Profile | str, name: str, values: Iterable | N
     make: Callable[[object], Profile] = lambda v: profile.with_overrides(**{field_name: v})  # noqa: E731
     return pd.concat([accuracy_grid(make(v), attacks, ["eclipse:A+B+C"], log=None).assign(**{name: v})
                       for v in values], ignore_index=True)
+
+
+# ------------------------------------------------------------------ notebook 08: purifiers side by side
+
+def parse_purifier(name: str) -> tuple[str, int | None]:
+    """``"respaced-4"`` -> ``("respaced", 4)``; ``"one_shot"`` -> ``("one_shot", None)`` (a registered sampler)."""
+    from .diffusion.samplers import SAMPLERS
+
+    sampler, _, steps = str(name).rpartition("-") if str(name).rpartition("-")[2].isdigit() else (name, "", "")
+    SAMPLERS[sampler]   # an unknown sampler fails here, naming the registered ones
+    return sampler, int(steps) if steps else None
+
+
+def purification_speed(profile: Profile | str, purifier: tuple, images, sampler: str, steps: int | None,
+                       n_images: int = 100) -> float:
+    """Seconds to purify 10,000 images with ``sampler`` on this machine, measured on ``n_images`` of ``images``
+    (uncached, the profile's batch size) and scaled."""
+    from .purify import purify
+
+    profile = get_profile(profile)
+    model, schedule, _ = purifier
+    sample = images[:n_images]
+    tick = time.perf_counter()
+    purify(sample, model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,
+           batch_size=profile.purify_batch_size, progress=False)
+    return (time.perf_counter() - tick) / len(sample) * 10_000
+
+
+def purifier_comparison(profile: Profile | str, attacks: list[str] | None = None, purifiers: list[str] | None = None,
+                        modules: list[str] | None = None, *, progress: bool = False, log=print) -> pd.DataFrame:
+    """Notebook 08's long table: for each attack x purifier x ECLIPSE modules (with ``A``), the victim's test
+    accuracy, network evaluations per image, measured purification time per 10,000 images and the
+    label-transition rate of the undefended victim (trained on the poisoned set) from the poisoned to the
+    purified images (:func:`eclipse.diagnostics.label_transition_rate`). Defaults: the profile's grid."""
+    from .diagnostics import label_transition_rate
+    from .diffusion.samplers import network_evaluations
+    from .experiments import purified_set, purifier_for
+    from .training import trained_model
+
+    profile = get_profile(profile)
+    grid = profile.grid("purifiers")
+    attacks = list(attacks or grid["attacks"])
+    purifiers = list(purifiers or grid["purifiers"])
+    modules = list(modules or grid["modules"])
+    sets = clean_data(profile)
+    base = diffusion_model(profile, sets["pool"], progress=progress)
+    rows, speed, started = [], {}, time.perf_counter()
+    for attack in attacks:
+        train = poisoned_set(sets["train"], attack, profile.seed, profile=profile)
+        victim = profile.victim_overrides(attack)
+        undefended = victim_run(train, sets["eval"], profile, "none", progress=progress, **victim)
+        shortcut = trained_model(undefended["run_dir"], profile.with_overrides(victim=victim).victim,
+                                 len(train.classes))
+        for name in purifiers:
+            sampler, steps = parse_purifier(name)
+            purifier = purifier_for(profile, sampler, base, sets["pool"], progress=progress)
+            if name not in speed:
+                speed[name] = purification_speed(profile, purifier, sets["train"].images, sampler, steps)
+            purified = purified_set(train, profile, *purifier, sampler=sampler, steps=steps, progress=progress)
+            transition = label_transition_rate(shortcut, train, purified)
+            for mods in modules:
+                result = method.run(train, sets["eval"], profile, mods, purifier=purifier, progress=progress,
+                                    victim=victim, sampler=sampler, steps=steps)
+                rows.append({"attack": attack, "purifier": name, "sampler": sampler, "steps": steps,
+                             "modules": method.module_spec(mods).name,
+                             "nfe": network_evaluations(sampler, profile.t_star, steps),
+                             "test_acc": result["test_acc"], "undefended_acc": undefended["test_acc"],
+                             "label_transition": transition, "purify_s_per_10k": round(speed[name], 1),
+                             "train_s": round(result["wall_time_s"], 1), "cached": result["cached"]})
+                if log:
+                    log(f"{attack:>5} x {name:<12} {rows[-1]['modules']:<6} {result['test_acc']:6.2f}%  "
+                        f"(transition {transition:.2f}, {time.perf_counter() - started:.0f}s so far)")
+    return pd.DataFrame(rows)
+
+
+def pareto_front(points: pd.DataFrame, cost: str = "nfe", value: str = "test_acc") -> pd.Series:
+    """Whether each row is on the Pareto front: no other row costs as little or less and gives more
+    (or costs less and gives as much)."""
+    c, v = points[cost].to_numpy(), points[value].to_numpy()
+    dominated = [bool((((c <= c[i]) & (v > v[i])) | ((c < c[i]) & (v >= v[i]))).any()) for i in range(len(points))]
+    return pd.Series([not d for d in dominated], index=points.index)

@@ -18,7 +18,7 @@ NOTEBOOKS = notebook_paths()
 def test_there_is_a_notebook_per_figure_group():
     names = [p.stem for p in NOTEBOOKS]
     for key in ("noise-assimilation", "sparse-diffusion", "purification-gallery", "main-results", "ablation",
-                "hyperparameters", "residual-poisons"):
+                "hyperparameters", "residual-poisons", "purifiers"):
         assert any(key in n for n in names), key
 
 

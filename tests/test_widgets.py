@@ -36,6 +36,7 @@ CASES = {
     "03-purification-gallery": {"attacks": ["urp", "ops"], "n_show": 2},
     "05-ablation": {"attacks": ["urp", "ops"], "modules": ["A+B+C", "B"]},
     "07-residual-poisons": {"attacks": ["urp", "ops"]},
+    "08-purifiers": {"attacks": ["urp", "ops"], "purifiers": ["one_shot", "chained-2"], "modules": ["A+B+C"]},
 }
 
 
