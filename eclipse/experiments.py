@@ -9,6 +9,7 @@ ECLIPSE's own semantics (modules, pipeline) live in :mod:`eclipse.method`, grids
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -211,7 +212,7 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
                                        done=lambda f: (f / "done.json").exists())
     model, schedule = value if was_cached else (value.ema, schedule_from_settings(cfg.diffusion))
     if progress and was_cached:
-        print(f"diffusion model: reusing the cached {folder.name} ({cfg.iterations} iterations)")
+        print(f"diffusion model: reusing the cached {folder.name} ({cfg.iterations} iterations)", file=sys.stderr)
     return model, schedule, folder.name
 
 
@@ -307,7 +308,7 @@ def consistency_purifier(profile: Profile | str, base: tuple, pool: ImageSet | N
     (tuned, _), was_cached, folder = cached("consistency", inputs, compute, load=load, save=save,
                                             done=lambda f: (f / "done.json").exists(), label=f"t{t_star}")
     if progress and was_cached:
-        print(f"consistency purifier: reusing the cached {folder.name}")
+        print(f"consistency purifier: reusing the cached {folder.name}", file=sys.stderr)
     return tuned, schedule, CONSISTENCY_PREFIX + folder.name
 
 

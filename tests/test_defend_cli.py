@@ -159,3 +159,19 @@ def test_version_and_cache_commands(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "cache" / "poisons").exists()
     assert cli.main(["cache", "clean", "--kind", "poisons", "--yes"]) == 0
     assert not (tmp_path / "cache" / "poisons").exists()
+
+
+def test_defend_with_the_consistency_sampler_purifies_with_the_fine_tuned_weights(random_set, tmp_path, capsys):
+    """`--sampler consistency` fine-tunes the model trained on --sparse-set into the one-step purifier (cached)
+    and purifies with it: the same one network call as `one_shot`, other weights, so other pixels."""
+    source = data.save_images(random_set, tmp_path / "mine.pkl")
+    sparse = data.save_images(random_set, tmp_path / "sparse.npz")
+    outs = {}
+    for sampler in ("one_shot", "consistency"):
+        outs[sampler] = tmp_path / f"{sampler}.npz"
+        assert cli.main(["defend", "--profile", "smoke", "--dataset", str(source), "--sparse-set", str(sparse),
+                         "--sampler", sampler, "--out", str(outs[sampler]), "--no-train", "--device", "cpu"]) == 0
+        assert json.loads(capsys.readouterr().out)["purified_set"] == str(outs[sampler])
+    one_shot, consistency = (data.load_images(outs[s]) for s in ("one_shot", "consistency"))
+    assert torch.equal(one_shot.labels, consistency.labels)
+    assert not torch.equal(one_shot.images, consistency.images)
