@@ -709,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
         knobs.add_argument("--t-star", type=_positive_int, default=None, help="purification depth t* (paper: 100 of T=4000)")
         knobs.add_argument("--sampler", default=None, choices=reg["samplers"].names(), metavar="SAMPLER",
                            help=_choices(reg["samplers"]))
-        knobs.add_argument("--steps", type=_positive_int, default=None, help="reverse steps for respaced/ddim (1..t*)")
+        knobs.add_argument("--steps", type=_positive_int, default=None,
+                           help="reverse steps for respaced/ddim/masked, rounds for chained (1..t*)")
         if compensation:
             knobs.add_argument("--gray-p", type=_unit_float, default=None, help="module B: grayscale probability (paper 0.4)")
             knobs.add_argument("--sigma", type=_unit_float, default=None, help="module C: Gaussian noise std (paper 0.05)")
