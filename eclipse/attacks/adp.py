@@ -55,6 +55,10 @@ def differentiable_purifier(checkpoint: str, config: str | None = None, *, t_sta
     from eclipse.seeding import default_device
 
     spec = SAMPLERS[sampler]
+    if spec.purifier != "diffusion":
+        raise ValueError(f"ADP's purifier runs the checkpoint it is given: sampler {sampler!r} needs "
+                         f"{spec.purifier}-fine-tuned weights, which a checkpoint file does not say it holds; use "
+                         "one_shot (on the fine-tuned weights) instead")
     device = default_device()
     model, schedule = load_model_and_schedule(checkpoint, config, device=device)
     model.requires_grad_(False)
