@@ -84,10 +84,11 @@ print("finished without being killed")
 """
 
 
-@pytest.mark.parametrize("name", MODEL_BASED)
-def test_generation_killed_with_sigkill_resumes_to_the_identical_poison(name, reference_poisons, tmp_path):
+# kill at the first save; for the min-min attacks also at the second, inside the noise phase (after a chunk)
+@pytest.mark.parametrize("name,kill_at", [(n, 1) for n in MODEL_BASED] + [("em", 2), ("adp", 2)])
+def test_generation_killed_with_sigkill_resumes_to_the_identical_poison(name, kill_at, reference_poisons, tmp_path):
     state = tmp_path / "state"
-    script = _CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), kill_at=1, name=name, state=str(state))
+    script = _CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), kill_at=kill_at, name=name, state=str(state))
     env = {**os.environ, "ECLIPSE_CRAFT_SAVE_EVERY_S": "0"}
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert child.returncode == -9, child.stdout + child.stderr   # killed by SIGKILL, mid-generation

@@ -65,7 +65,8 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
 
     ``transform`` (differentiable, random) is applied to every perturbed batch the surrogate sees, in training
     and in the noise steps (ADP: the corruption compensation); each noise step sums the gradients of
-    ``settings.eot`` draws. Resumable through ``state_dir`` (saved after each phase of a round)."""
+    ``settings.eot`` draws. Resumable through ``state_dir`` (saved after each phase of a round and, within the
+    noise phase, after a chunk at most every ``ECLIPSE_CRAFT_SAVE_EVERY_S`` seconds)."""
     if settings.per not in ("sample", "class"):
         raise ValueError(f"per must be 'sample' or 'class', got {settings.per!r}")
     state_dir, device = start(seed, state_dir)
@@ -85,12 +86,12 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
         fit_index = torch.arange(n)
         delta = torch.zeros_like(clean)
     state = {"round": 0, "phase": "train", "order": torch.randperm(n), "cursor": 0, "delta": delta, "done": False,
-             "errors": []}
+             "errors": [], "noise": None, "noise_order": None, "noise_chunk": 0}
     saved = checkpoint.load()
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state.update({k: saved[k] for k in state})
+        state.update({k: saved.get(k, state[k]) for k in state})
     transform = transform or (lambda x: x)
 
     def perturbed(index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -117,11 +118,15 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
                 sgd_step(model, optimizer, x, labels[index], precision=surrogate.precision, device=device,
                          max_grad_norm=surrogate.max_grad_norm)
             state["phase"] = "noise"
+            state["noise_order"] = fit_index[torch.randperm(len(fit_index))] if classwise else fit_index
+            state["noise"], state["noise_chunk"] = state["delta"].clone(), 0
             save()
         model.eval()
-        order = fit_index[torch.randperm(len(fit_index))] if classwise else fit_index
-        noise = state["delta"].clone()
-        for index in chunks(len(order), surrogate.batch_size):
+        # the noise phase saves its progress (at most every ECLIPSE_CRAFT_SAVE_EVERY_S): a kill loses one chunk
+        order, noise = state["noise_order"], state["noise"]
+        for ci, index in enumerate(chunks(len(order), surrogate.batch_size)):
+            if ci < state["noise_chunk"]:
+                continue
             index = order[index]
             start_noise = noise[labels[index]] if classwise else noise[index]
             eta = _descend(model, clean[index], start_noise, labels[index], settings, transform, surrogate, device)
@@ -131,7 +136,9 @@ def min_min(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, see
                     noise[k] = eta[mine].mean(0).clamp(-settings.epsilon, settings.epsilon)
             else:
                 noise[index] = eta
-        state["delta"] = noise
+            state["noise_chunk"] = ci + 1
+            checkpoint.save(model=model.state_dict(), optimizer=optimizer.state_dict(), **state)
+        state["delta"], state["noise"], state["noise_order"] = noise, None, None
         error = 1.0 - _accuracy(model, lambda idx: perturbed(idx, noise), labels, fit_index, surrogate, device)
         state["errors"] = state["errors"] + [error]
         state["round"] += 1
