@@ -156,7 +156,9 @@ QUICK = Profile(
         "efp": {"iterations": 50, "at_steps": 3, "at_step_size": 2 / 255, "reference": dict(_QUICK_SURROGATE)},
         # ADP: EM's quick cut through the compensation (eot 2 draws, quick's gray_p 0.8) on the quick purifier's own
         # UNet layout as the classifier ("unet-small", 1.19M parameters; the paper layout costs ~4x more per image,
-        # 40 ms a pass here, est. 14 h); at most 4 rounds (EM stopped after 2). PROVISIONAL: not yet generated.
+        # 40 ms a pass here, est. 14 h); at most 4 rounds (EM stopped after 2). PROVISIONAL: measured 2026-12-03 (2
+        # cores, AMX, other jobs beside it for part of the time) its first round took 58 min and left the surrogate's
+        # error at 0.627 (EM's: 0.122), so it runs all 4 rounds, ~2.5-4 h: too slow for quick; needs a cheaper cut.
         "adp": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 4, "eot": 2, "gray_p": 0.8,
                 "surrogate": {"arch": "unet-small", "width": 16}},
     },
