@@ -206,7 +206,7 @@ QUICK = Profile(
         purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
                        purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "masked-2"]),
     ),
-    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 5 h cold with EM, REM, TAP and SEP, estimated)",
+    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 7.5 h cold with EM, REM, TAP, SEP and notebook 08, estimated)",
 )
 
 SMOKE = Profile(
