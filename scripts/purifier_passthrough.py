@@ -14,7 +14,7 @@ import time
 import torch
 
 from eclipse.experiments import clean_data, diffusion_model, poisoned_set, purified_set, purifier_for
-from eclipse.frequency import low_frequency_ratio, residual
+from eclipse.frequency import pass_through, residual
 from eclipse.profiles import SMOKE
 from eclipse.sweeps import parse_purifier
 
@@ -32,10 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     poisoned = poisoned_set(clean, "urp", profile.seed)
     base = diffusion_model(profile, sets["pool"], progress=False)
     poison = residual(poisoned.images, clean.images)
-
-    def high_energy(delta):
-        return (delta.square().sum(dim=(1, 2, 3)) * (1 - low_frequency_ratio(delta).nan_to_num(1.0))).sum()
-
     print("purifier,ratio,gain,cosine,seconds")
     for name in args.purifiers:
         sampler, steps = parse_purifier(name)
@@ -43,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         purifier = purifier_for(profile, sampler, base, sets["pool"], progress=False)
         left = residual(purified_set(poisoned, profile, *purifier, sampler=sampler, steps=steps, progress=False).images,
                         purified_set(clean, profile, *purifier, sampler=sampler, steps=steps, progress=False).images)
-        ratio = float(high_energy(left) / high_energy(poison))
-        gain = float((left * poison).sum() / poison.square().sum())
-        cosine = float(torch.nn.functional.cosine_similarity(left.flatten(1), poison.flatten(1), dim=1).mean())
-        print(f"{name},{ratio:.3f},{gain:.3f},{cosine:.3f},{time.perf_counter() - tick:.1f}", flush=True)
+        measured = pass_through(left, poison)
+        print(f"{name},{measured['high_frequency']:.3f},{measured['gain']:.3f},{measured['cosine']:.3f},"
+              f"{time.perf_counter() - tick:.1f}", flush=True)
     return 0
 
 

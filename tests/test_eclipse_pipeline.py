@@ -80,7 +80,7 @@ def test_longer_diffusion_run_continues_the_shorter_cached_one(tmp_path, monkeyp
 def urp_purification():
     """A denoiser trained 600 iterations on 50 clean images, purifying from t* = 200 as quick does, and a
     function giving what a purifier leaves of URP's poison."""
-    from eclipse.frequency import low_frequency_ratio, residual
+    from eclipse.frequency import pass_through, residual
 
     profile = SMOKE.with_overrides(t_star=200, sampler="one_shot",
                                    diffusion_train={**SMOKE.diffusion_train, "iterations": 600, "t_max": 200},
@@ -91,17 +91,12 @@ def urp_purification():
     base = diffusion_model(profile, sets["pool"], progress=False)
     poison = residual(poisoned.images, clean.images)
 
-    def high_energy(delta):
-        return (delta.square().sum(dim=(1, 2, 3)) * (1 - low_frequency_ratio(delta).nan_to_num(1.0))).sum()
-
     def left_of(sampler: str, steps: int | None = None) -> tuple[float, float, float]:
         purifier = purifier_for(profile, sampler, base, sets["pool"], progress=False)
         left = residual(purified_set(poisoned, profile, *purifier, sampler=sampler, steps=steps, progress=False).images,
                         purified_set(clean, profile, *purifier, sampler=sampler, steps=steps, progress=False).images)
-        ratio = float(high_energy(left) / high_energy(poison))
-        gain = float((left * poison).sum() / poison.square().sum())  # how much of the poison passes through
-        cosine = float(torch.nn.functional.cosine_similarity(left.flatten(1), poison.flatten(1), dim=1).mean())
-        return ratio, gain, cosine
+        measured = pass_through(left, poison)
+        return measured["high_frequency"], measured["gain"], measured["cosine"]
     return left_of
 
 

@@ -7,7 +7,7 @@ float ``(N, C, H, W)`` on the [0, 1] scale (``delta = poisoned / 255 - clean / 2
 """
 from eclipse.frequency.assimilation import assimilation_round, noise_assimilation, noised_perturbations
 from eclipse.frequency.inputs import as_unit
-from eclipse.frequency.residuals import residual, residual_energy_table
+from eclipse.frequency.residuals import pass_through, residual, residual_energy_table
 from eclipse.frequency.spectra import (
     DEFAULT_CUTOFF_FRACTION,
     LOW_FREQUENCY_THRESHOLD,
@@ -28,6 +28,7 @@ from eclipse.frequency.theorem1 import (
 )
 
 __all__ = [
+    "pass_through",
     "DEFAULT_CUTOFF_FRACTION",
     "LOW_FREQUENCY_THRESHOLD",
     "as_unit",

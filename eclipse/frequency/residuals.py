@@ -5,8 +5,9 @@ import pandas as pd
 import torch
 
 from eclipse.frequency.inputs import check_delta, check_pair
+from eclipse.frequency.spectra import low_frequency_ratio
 
-__all__ = ["residual", "residual_energy_table"]
+__all__ = ["residual", "residual_energy_table", "pass_through"]
 
 
 def residual(purified_uint8: torch.Tensor, clean_uint8: torch.Tensor) -> torch.Tensor:
@@ -43,3 +44,19 @@ def residual_energy_table(poison: dict[str, torch.Tensor], left: dict[str, torch
                       "poison left (cosine)": float(torch.nn.functional.cosine_similarity(
                           survived, delta.flatten(1), dim=1).mean())}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def pass_through(left: torch.Tensor, poison: torch.Tensor) -> dict[str, float]:
+    """How much of ``poison`` (poisoned - clean) a purifier let through, from ``left`` = P(poisoned) - P(clean)
+    (the same images and noise draw, so the purifier's error on the clean content cancels). ``high_frequency``:
+    the high-frequency energy of left over the poison's; ``gain``: the poison's share of left (projection);
+    ``cosine``: mean per-image cosine of left with the poison. 1, 1, 1: nothing removed."""
+    left, poison = check_delta(left, "left"), check_delta(poison, "poison")
+    if left.shape != poison.shape:
+        raise ValueError(f"left {tuple(left.shape)} and poison {tuple(poison.shape)} must have the same shape")
+
+    def high_energy(delta: torch.Tensor) -> torch.Tensor:
+        return (delta.square().sum(dim=(1, 2, 3)) * (1 - low_frequency_ratio(delta).nan_to_num(1.0))).sum()
+    return {"high_frequency": float(high_energy(left) / high_energy(poison)),
+            "gain": float((left * poison).sum() / poison.square().sum()),
+            "cosine": float(torch.nn.functional.cosine_similarity(left.flatten(1), poison.flatten(1), dim=1).mean())}
