@@ -185,18 +185,19 @@ def purifier_comparison(profile: Profile | str, attacks: list[str] | None = None
     modules = list(modules or grid["modules"])
     sets = clean_data(profile)
     base = diffusion_model(profile, sets["pool"], progress=progress)
-    rows, speed, started = [], {}, time.perf_counter()
+    chosen = {name: parse_purifier(name) for name in purifiers}            # name -> (sampler, steps)
+    weights = {name: purifier_for(profile, sampler, base, sets["pool"], progress=progress)
+               for name, (sampler, _) in chosen.items()}
+    speed = {name: purification_speed(profile, weights[name], sets["train"].images, *chosen[name]) for name in chosen}
+    rows, started = [], time.perf_counter()
     for attack in attacks:
         train = poisoned_set(sets["train"], attack, profile.seed, profile=profile)
         victim = profile.victim_overrides(attack)
         undefended = victim_run(train, sets["eval"], profile, "none", progress=progress, **victim)
         shortcut = trained_model(undefended["run_dir"], profile.with_overrides(victim=victim).victim,
                                  len(train.classes))
-        for name in purifiers:
-            sampler, steps = parse_purifier(name)
-            purifier = purifier_for(profile, sampler, base, sets["pool"], progress=progress)
-            if name not in speed:
-                speed[name] = purification_speed(profile, purifier, sets["train"].images, sampler, steps)
+        for name, (sampler, steps) in chosen.items():
+            purifier = weights[name]
             purified = purified_set(train, profile, *purifier, sampler=sampler, steps=steps, progress=progress)
             transition = label_transition_rate(shortcut, train, purified)
             for mods in modules:

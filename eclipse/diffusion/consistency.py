@@ -136,8 +136,8 @@ def finetune_consistency(base: torch.nn.Module, schedule: NoiseSchedule, images:
             loss = pseudo_huber(one_step_x0(student, sched, x_t, t), x0, c).mean()
             if not torch.isfinite(loss):
                 bar.close()
-                raise FloatingPointError(f"consistency fine-tuning: non-finite loss at step {step + 1}; "
-                                         f"last good state in {path}" if path.exists() else "")
+                where = f"last good state in {path}" if path.exists() else "no state saved yet"
+                raise FloatingPointError(f"consistency fine-tuning: non-finite loss at step {step + 1}; {where}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
