@@ -420,15 +420,21 @@ def _eclipse_profile(args: argparse.Namespace):
 
 
 def _purifier(args: argparse.Namespace, profile, device):
-    """(model, schedule, key) the profile's sampler purifies with: :func:`_diffusion_purifier`'s model, or its
-    consistency fine-tuning (on --sparse-set, else the profile's sparse set) for ``--sampler consistency``."""
+    """(model, schedule, key[, features]) the profile's sampler purifies with: :func:`_diffusion_purifier`'s model,
+    or its consistency fine-tuning for ``--sampler consistency``, with the sparse-set classifier's features for
+    ``--sampler elixir`` (both on --sparse-set, else the profile's sparse set)."""
     from .diffusion.samplers import SAMPLERS
     from .experiments import clean_data, purifier_for
 
     base = _diffusion_purifier(args, profile, device)
-    if SAMPLERS[profile.sampler].purifier != "consistency":
+    spec = SAMPLERS[profile.sampler]
+    if spec.purifier != "consistency" and not spec.features:
         return base
-    _say(f"fine-tuning (or reusing) the one-step consistency purifier for t* = {profile.t_star} (cached, resumable) ...")
+    if spec.purifier == "consistency":
+        _say(f"fine-tuning (or reusing) the one-step consistency purifier for t* = {profile.t_star} (cached, "
+             "resumable) ...")
+    if spec.features:
+        _say("training (or reusing) the sparse-set classifier whose features choose among the candidates (cached) ...")
     if args.sparse_set:
         return purifier_for(profile, profile.sampler, base, sparse=_load_dataset(args.sparse_set))
     return purifier_for(profile, profile.sampler, base, clean_data(profile, args.data)["pool"])
@@ -492,7 +498,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
     device = set_default_device(distributed.rank_device(resolve_device(args.device)))
     rank, size = distributed.world()
     dataset = _load_dataset(args.input)
-    model, schedule, _ = _purifier(args, profile, device)
+    purifier = _purifier(args, profile, device)
+    model, schedule, features = purifier[0], purifier[1], (purifier[3] if len(purifier) > 3 else None)
     _check_fits(dataset, model, args.input)
     with distributed.process_group(device):
         start, stop = distributed.shard(len(dataset))      # the whole set in a single process
@@ -500,7 +507,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         part = purify(dataset.images[start:stop], model.to(device), schedule, t_star=profile.t_star,
                       sampler=profile.sampler, steps=profile.sampler_steps, eta=args.eta, seed=args.seed,
                       batch_size=profile.purify_batch_size, resume_dir=resume, device=device, noise=noise,
-                      first_index=start, progress=rank == 0)
+                      first_index=start, progress=rank == 0, features=features)
         images = distributed.gather_rows(part, len(dataset))
     if rank == 0:
         path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
@@ -539,9 +546,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
     purifier = None
     if spec.purify:
         purifier = _purifier(args, profile, device)
-        model, schedule, key = purifier
+        model, schedule, key = purifier[:3]
         _check_fits(dataset, model, where)
-        purifier = (model.to(device), schedule, key)
+        purifier = (model.to(device), schedule, key, *purifier[3:])
         summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps, diffusion_model=key)
         _say(f"purifying {len(dataset)} images (t*={profile.t_star}, {profile.sampler}; cached and resumable) ...")
         purified = purified_set(dataset, profile, *purifier, noise=_noise_mode(args))

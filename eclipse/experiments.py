@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -24,6 +25,9 @@ from .seeding import default_device
 from .storage import atomic_torch_save, atomic_write_json, cache_dir, config_key, safe_torch_load, tensor_hash
 from .training import train_victim
 from .victims import VICTIMS
+
+if TYPE_CHECKING:
+    from .diffusion.selection import FeatureMap
 
 
 def digest(dataset: ImageSet) -> str:
@@ -231,11 +235,13 @@ def _longest_shorter_run(lineage: str, iterations: int) -> Path | None:
     return best
 
 
-def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, model_key: str, *,
-                 t_star: int | None = None, sampler: str | None = None, steps: int | None = None,
-                 progress: bool = True, noise: str = "official") -> ImageSet:
+def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, model_key: str,
+                 features: "FeatureMap | None" = None, *, t_star: int | None = None, sampler: str | None = None,
+                 steps: int | None = None, progress: bool = True, noise: str = "official") -> ImageSet:
     """``dataset`` purified by the model (noise to t*, then reverse), cached and resumable by chunks;
-    ``noise``: ``official`` or ``per-image`` (:data:`eclipse.purify.NOISE_MODES`)."""
+    ``noise``: ``official`` or ``per-image`` (:data:`eclipse.purify.NOISE_MODES`). The model arguments are a
+    :class:`Purifier`'s fields (``purified_set(data, profile, *purifier_for(...))``); ``features``: the feature map
+    of a sampler that chooses among candidates (``elixir``), required for it."""
     from .purify import purify
 
     from .diffusion.samplers import SAMPLERS
@@ -247,13 +253,19 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
     if SAMPLERS[sampler].purifier == "consistency" and not model_key.startswith(CONSISTENCY_PREFIX):
         raise ValueError(f"sampler {sampler!r} runs on the consistency-fine-tuned weights; get them with "
                          "eclipse.experiments.purifier_for(profile, sampler, (model, schedule, key), pool=...)")
+    if SAMPLERS[sampler].features and features is None:
+        raise ValueError(f"sampler {sampler!r} chooses among candidates with a sparse-set classifier's features; "
+                         "get them with eclipse.experiments.purifier_for(profile, sampler, (model, schedule, key), "
+                         "pool=...)")
     inputs = {"data": digest(dataset), "model": model_key, "t_star": t_star, "sampler": sampler, "steps": steps,
               "seed": profile.seed, "batch": profile.purify_batch_size, "noise": noise}
+    if features is not None:
+        inputs["features"] = features.key
 
     def compute(path: Path) -> torch.Tensor:
         return purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
                       batch_size=profile.purify_batch_size, resume_dir=path.with_suffix(""), progress=progress,
-                      noise=noise)
+                      noise=noise, features=features)
 
     images, _, _ = cached("purified", inputs, compute, load=safe_torch_load, save=atomic_torch_save,
                           label=f"{sampler}-t{t_star}", suffix=".pt")
@@ -275,7 +287,7 @@ def consistency_purifier(profile: Profile | str, base: tuple, pool: ImageSet | N
     from .diffusion.consistency import ConsistencyConfig, finetune_consistency
 
     profile = get_profile(profile)
-    model, schedule, base_key = base
+    model, schedule, base_key = base[:3]
     if sparse is None:
         if pool is None:
             raise ValueError("the consistency purifier is fine-tuned on clean images: pass the defender pool or "
@@ -312,13 +324,47 @@ def consistency_purifier(profile: Profile | str, base: tuple, pool: ImageSet | N
     return tuned, schedule, CONSISTENCY_PREFIX + folder.name
 
 
+class Purifier(NamedTuple):
+    """What a sampler purifies with: the network, its schedule, the cache key naming them, and (for a sampler
+    that chooses among candidates) the feature map; unpacks into :func:`purified_set`'s arguments."""
+
+    model: torch.nn.Module
+    schedule: object
+    key: str
+    features: "FeatureMap | None" = None
+
+
+def sparse_features(profile: Profile | str, sparse: ImageSet, *, progress: bool = True) -> "FeatureMap":
+    """The penultimate features of the profile's victim trained on the clean sparse set (cached like every
+    victim run): the feature map of DataElixir's per-image choice (``elixir``), from a classifier that never saw
+    a poison. Its accuracy is reported on the sparse set itself (no test set is at hand here)."""
+    from .diffusion.selection import FeatureMap, penultimate_features
+    from .training import trained_model
+
+    profile = get_profile(profile)
+    run = victim_run(sparse, sparse, profile, "none", progress=progress)
+    net = trained_model(run["run_dir"], profile.victim, len(sparse.classes))
+    return FeatureMap(penultimate_features(net), "sparse-classifier-" + Path(run["run_dir"]).name)
+
+
 def purifier_for(profile: Profile | str, sampler: str | None, base: tuple, pool: ImageSet | None = None, *,
-                 sparse: ImageSet | None = None, t_star: int | None = None, progress: bool = True) -> tuple:
-    """The ``(model, schedule, key)`` that ``sampler`` (default the profile's) purifies with: ``base`` itself,
-    or its consistency fine-tuning for a sampler that needs it."""
+                 sparse: ImageSet | None = None, t_star: int | None = None, progress: bool = True) -> Purifier:
+    """The :class:`Purifier` that ``sampler`` (default the profile's) purifies with: ``base = (model, schedule,
+    key)`` itself, or its consistency fine-tuning for a sampler that needs it, with the sparse-set classifier's
+    features for a sampler that chooses among candidates. ``pool`` (the defender's clean images, from which the
+    profile's sparse set is drawn) or ``sparse`` is needed for those two."""
+    from .data import sparse_set
     from .diffusion.samplers import SAMPLERS
 
     profile = get_profile(profile)
-    if SAMPLERS[sampler or profile.sampler].purifier != "consistency" or base[2].startswith(CONSISTENCY_PREFIX):
-        return base
-    return consistency_purifier(profile, base, pool, sparse=sparse, t_star=t_star, progress=progress)
+    spec = SAMPLERS[sampler or profile.sampler]
+    model, schedule, key = base[:3]
+    if (spec.purifier == "consistency" or spec.features) and sparse is None:
+        if pool is None:
+            raise ValueError(f"sampler {spec.name!r} needs the defender's clean images: pass the pool or a sparse set")
+        sparse = sparse_set(pool, profile.sparse_size, profile.seed)
+    if spec.purifier == "consistency" and not key.startswith(CONSISTENCY_PREFIX):
+        model, schedule, key = consistency_purifier(profile, (model, schedule, key), sparse=sparse, t_star=t_star,
+                                                    progress=progress)
+    features = sparse_features(profile, sparse, progress=progress) if spec.features else None
+    return Purifier(model, schedule, key, features)

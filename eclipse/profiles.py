@@ -119,7 +119,7 @@ PAPER = Profile(
         # notebook 08 (issue 18; not in the paper): purifiers as "sampler" or "sampler-steps"
         purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
                        purifiers=["ancestral", "respaced-10", "ddim-10", "one_shot", "consistency", "chained-3",
-                                  "masked-10"]),
+                                  "elixir-5", "masked-10"]),
     ),
     description="the paper's settings: 50,000 images, ResNet-18 80 epochs, 128-channel UNet 250k iterations (GPU)",
 )
@@ -154,13 +154,14 @@ QUICK = Profile(
         "tap": {"iterations": 50, "restarts": 1, "surrogate": dict(_QUICK_SURROGATE)},
         "sep": {"num_models": 5, "iterations": 10, "step_size": 2 / 255, "surrogate": dict(_QUICK_SURROGATE)},
         "efp": {"iterations": 50, "at_steps": 3, "at_step_size": 2 / 255, "reference": dict(_QUICK_SURROGATE)},
-        # ADP: EM's quick cut through the compensation (eot 2 draws, quick's gray_p 0.8) on the quick purifier's own
-        # UNet layout as the classifier ("unet-small", 1.19M parameters; the paper layout costs ~4x more per image,
-        # 40 ms a pass here, est. 14 h); at most 4 rounds (EM stopped after 2). PROVISIONAL: measured 2026-12-03 (2
-        # cores, AMX, other jobs beside it for part of the time) its first round took 58 min and left the surrogate's
-        # error at 0.627 (EM's: 0.122), so it runs all 4 rounds, ~2.5-4 h: too slow for quick; needs a cheaper cut.
-        "adp": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 4, "eot": 2, "gray_p": 0.8,
-                "surrogate": {"arch": "unet-small", "width": 16}},
+        # ADP: EM's quick cut through the compensation (eot 2 draws per step, quick's gray_p 0.8), at most 6 rounds,
+        # on the quick victim's ResNet-18 (width 16) instead of the paper's UNet turned classifier: measured 2026-12-03
+        # (2 cores, AMX, fp32, one forward + backward pass, benchmarks/poison_cost.pass_time) the quick purifier's
+        # UNet layout as a classifier ("unet-small", 1.19M parameters) costs 9.1x the ResNet's 7.9 ms per image-pass
+        # (72.2 ms; both beside a diffusion training), and its first min-min round took 58 min and left the
+        # surrogate's error at 0.627 (it would run 4+ rounds, ~4 h); the ResNet's round costs ~5 min.
+        "adp": {"train_steps": 50, "steps": 5, "step_size": 1.6 / 255, "max_rounds": 6, "eot": 2, "gray_p": 0.8,
+                "surrogate": {"arch": "resnet18", "width": 16}},
     },
     # AT: PGD-3 of 3/255 (the published PGD-10 of 2/255 costs 11 victim trainings, ~35 min a run here; three
     # steps of 3/255 still reach the 8/255 boundary) at ~4x a victim. PROVISIONAL: not yet chosen by a sweep.
@@ -202,9 +203,10 @@ QUICK = Profile(
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
         residuals=dict(n_images=200, attacks=_QUICK_POISONS),
         # notebook 08: 100 ancestral steps at t* = 200 would take ~3 h a poison here (README's sampler table);
-        # 60 sweep victims (~2 min each) + the consistency fine-tuning: ~2.5 h cold (estimated, not yet run)
+        # 70 sweep victims (~2 min each) + the consistency fine-tuning: ~2.8 h cold (estimated, not yet run)
         purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
-                       purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "masked-2"]),
+                       purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "elixir-3",
+                                  "masked-2"]),
     ),
     description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 7.5 h cold with EM, REM, TAP, SEP and notebook 08, estimated)",
 )
@@ -239,7 +241,8 @@ SMOKE = Profile(
         hyperparameters=dict(attacks={"p": ["lsp"], "sigma": ["lsp"], "t*": ["lsp"]}, gray_ps=[0.2, 0.4],
                              sigmas=[0.05], t_stars=[10]),
         residuals=dict(n_images=20, attacks=_SMOKE_POISONS),
-        purifiers=dict(attacks=["urp"], modules=["A+B+C"], purifiers=["one_shot", "consistency", "chained-2", "masked-2"]),
+        purifiers=dict(attacks=["urp"], modules=["A+B+C"], purifiers=["one_shot", "consistency", "chained-2", "elixir-2",
+                                                                       "masked-2"]),
     ),
     description="tests: 500 images, 2 epochs, a 10-iteration diffusion model (seconds; accuracies near chance)",
 )

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .diffusion import samplers as S
 from .diffusion.gaussian import Model, PerImageNoise, forward_noise, to_model_range, to_uint8
 from .diffusion.schedule import NoiseSchedule
+from .diffusion.selection import FeatureMap
 from .storage import atomic_torch_save, atomic_write_json, config_key, safe_torch_load, tensor_hash
 from .validation import check_images
 
@@ -47,9 +48,10 @@ def chunk_seed(seed: int, chunk: int) -> int:
 def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_star: int,
                  sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
                  generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
-                 callback: S.Callback | None = None) -> torch.Tensor:
+                 callback: S.Callback | None = None, features: FeatureMap | None = None) -> torch.Tensor:
     """Purify one float batch in [-1, 1]: noise to ``t_star`` (:func:`forward_noise`), then run the
-    registered ``sampler`` back to 0; returns the float result (before quantisation). ``callback`` sees
+    registered ``sampler`` back to 0; returns the float result (before quantisation). ``features``: the
+    feature map of a sampler that chooses among candidates (``elixir``). ``callback`` sees
     the noised batch first (``{"stage": "noised", "t": t_star - 1, "x": x_t}``), then every reverse step
     (``stage`` ``"reverse"``, with ``i``, ``t``, ``x``, ``pred_xstart``)."""
     spec = S.SAMPLERS[sampler]  # unknown names fail before any noise is drawn
@@ -57,7 +59,8 @@ def purify_batch(x0: torch.Tensor, model: Model, schedule: NoiseSchedule, *, t_s
     if callback is not None:
         callback({"stage": "noised", "i": t_star - 1, "t": t_star - 1, "x": x_t, "pred_xstart": None})
     reverse = None if callback is None else lambda state: callback({"stage": "reverse", **state})
-    options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse, x0=x0)
+    options = S.SamplerOptions(steps=steps, eta=eta, autocast_dtype=autocast_dtype, callback=reverse, x0=x0,
+                               features=None if features is None else features.fn)
     return spec.fn(model, schedule, x_t, t_star - 1, generator, options)
 
 
@@ -73,8 +76,11 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
            sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0, seed: int,
            batch_size: int, resume_dir: str | os.PathLike | None = None, progress: bool = True,
            device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
-           noise: str = "official", first_index: int = 0) -> torch.Tensor:
+           noise: str = "official", first_index: int = 0, features: FeatureMap | None = None) -> torch.Tensor:
     """Purify a uint8 (N,3,H,W) set; returns uint8 in input order.
+
+    ``features``: the feature map of a sampler that chooses among candidates (``elixir``; without one it
+    compares pixels only), part of the resume identity.
 
     ``noise``: a ``NOISE_MODES`` name. Under ``per-image`` the images are numbered from ``first_index`` (a
     shard of a larger set passes its offset, so that each image keeps its own noise).
@@ -100,6 +106,8 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
                     model=_model_fingerprint(model) if folder is not None else "-", betas=tensor_hash(schedule.betas),
                     device=device.type, autocast=str(autocast_dtype), noise=noise, first_index=first_index)
+    if features is not None:
+        manifest["features"] = features.key
     if folder is not None:
         _check_manifest(folder, manifest)
     run_key = config_key(manifest)
@@ -124,7 +132,7 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
         x0 = to_model_range(images[start:stop].to(device))
         with torch.no_grad():
             y = purify_batch(x0, model, schedule, t_star=t_star, sampler=sampler, steps=steps, eta=eta,
-                             generator=generator, autocast_dtype=autocast_dtype)
+                             generator=generator, autocast_dtype=autocast_dtype, features=features)
         if not bool(torch.isfinite(y).all()):
             raise FloatingPointError(f"purification produced NaN or infinite values in chunk {ci} (images "
                                      f"{start}..{stop - 1}); the model's weights or the sampler settings are broken")

@@ -159,11 +159,12 @@ def purification_speed(profile: Profile | str, purifier: tuple, images, sampler:
     from .purify import purify
 
     profile = get_profile(profile)
-    model, schedule, _ = purifier
+    model, schedule, _ = purifier[:3]
+    features = purifier[3] if len(purifier) > 3 else None
     sample = images[:n_images]
     tick = time.perf_counter()
     purify(sample, model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,
-           batch_size=profile.purify_batch_size, progress=False)
+           batch_size=profile.purify_batch_size, progress=False, features=features)
     return (time.perf_counter() - tick) / len(sample) * 10_000
 
 

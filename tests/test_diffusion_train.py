@@ -174,7 +174,7 @@ class CountingModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("respaced", 3), ("ddim", 3), ("one_shot", None),
-                                           ("chained", None), ("chained", 2), ("masked", 2)])
+                                           ("chained", None), ("chained", 2), ("masked", 2), ("elixir", 3)])
 def test_samplers_shape_dtype_and_nfe(random_model, schedule, images, sampler, steps):
     counter = CountingModel(random_model)
     out = purify(images[:3], counter, schedule, t_star=6, sampler=sampler, steps=steps, seed=1, batch_size=8,
@@ -221,7 +221,7 @@ def test_purify_keeps_order_and_is_deterministic(random_model, schedule, images)
     assert torch.equal(dist.argmin(dim=1), torch.arange(len(images)))
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("chained", 2), ("masked", 2)])
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("chained", 2), ("masked", 2), ("elixir", 2)])
 def test_purify_resumes_from_chunks(random_model, schedule, images, tmp_path, sampler, steps):
     kw = dict(t_star=3, sampler=sampler, steps=steps, seed=4, batch_size=3, progress=False)
     nfe = S.network_evaluations(sampler, 3, steps)

@@ -102,7 +102,8 @@ def urp_purification():
 
 # Measured (torch 2.14, CPU; ratio, gain, cosine): one_shot 0.27, 0.37, 0.68 (at 300 iterations: 0.42, 0.57, 0.86);
 # chained-2 0.17, 0.24, 0.54; masked-2 0.26, 0.36, 0.67; consistency 0.21, 0.32, 0.66.
-@pytest.mark.parametrize("sampler,steps", [("one_shot", None), ("chained", 2), ("masked", 2), ("consistency", None)])
+@pytest.mark.parametrize("sampler,steps", [("one_shot", None), ("chained", 2), ("masked", 2), ("consistency", None),
+                                           ("elixir", 3)])
 def test_purification_removes_most_of_urps_high_frequency_poison(urp_purification, sampler, steps):
     """The science of module A at small scale, for each purifier: what purification leaves of the poison is
     ``P(x + delta) - P(x)``, the purified poisoned image minus the purified clean image under the same noise

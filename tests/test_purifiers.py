@@ -120,3 +120,103 @@ def test_the_consistency_sampler_refuses_the_base_weights(smoke_purifier):
     with pytest.raises(ValueError, match="consistency-fine-tuned"):
         purified_set(sets["train"], profile, *base, sampler="consistency", progress=False)
     assert purifier_for(profile, "one_shot", base) is base
+
+
+# ----------------------------------------------------------------------------------------------- DataElixir choice
+def test_ssim_is_one_on_identical_images_and_falls_with_noise():
+    from eclipse.diffusion.selection import ssim
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1
+    assert torch.allclose(ssim(x, x), torch.ones(4), atol=1e-5)
+    scores = [float(ssim(x, (x + s * torch.randn(x.shape, generator=gen)).clamp(-1, 1)).mean())
+              for s in (0.05, 0.2, 0.8)]
+    assert scores[0] > scores[1] > scores[2]
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(x, x[:2])
+
+
+def test_choose_at_quantile_keeps_the_candidate_of_that_rank_for_each_image():
+    from eclipse.diffusion.selection import choose_at_quantile
+
+    gen = torch.Generator().manual_seed(1)
+    k, b = 7, 20
+    candidates = torch.randn(k, b, 3, 4, 4, generator=gen)
+    distance = torch.rand(k, b, generator=gen)
+    chosen = choose_at_quantile(candidates, distance, 0.8)
+    for i in range(b):
+        j = next(j for j in range(k) if torch.equal(candidates[j, i], chosen[i]))
+        assert int((distance[:, i] < distance[j, i]).sum()) == int(0.8 * k)     # 5 candidates are nearer
+    assert torch.equal(choose_at_quantile(candidates, distance, 0.0), candidates[distance.argmin(0), torch.arange(b)])
+    assert torch.equal(choose_at_quantile(candidates, distance, 1.0), candidates[distance.argmax(0), torch.arange(b)])
+    with pytest.raises(ValueError, match="quantile"):
+        choose_at_quantile(candidates, distance, 1.5)
+
+
+def test_elixir_distance_grows_with_the_change_and_uses_the_features():
+    from eclipse.diffusion.selection import elixir_distance
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(5, 3, 32, 32, generator=gen) * 2 - 1
+    near = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    far = (x + 0.5 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    d = elixir_distance(torch.stack([x, near, far]), x)
+    assert d.shape == (3, 5) and torch.all(d[0] < 1e-5) and torch.all(d[1] < d[2])
+    # a feature map that sees only the mean colour: a colour shift moves the feature term, not only pixels
+    colour = lambda images: images.mean(dim=(2, 3)) + 1.0     # noqa: E731  (positive, so cosines differ)
+    shifted = x.clone()
+    shifted[:, 0] = -1
+    pixel_only = elixir_distance(torch.stack([shifted]), x)
+    with_features = elixir_distance(torch.stack([shifted]), x, colour)
+    assert torch.all(with_features != pixel_only)
+
+
+def test_elixir_picks_among_the_chained_rounds_at_the_quantile(tmp_path):
+    """The elixir sampler returns, per image, one of the chained rounds' estimates (the same noise draws), the
+    one whose distance to the input ranks floor(0.8 K); with a feature map the choice can change."""
+    from eclipse.diffusion import samplers as S
+    from eclipse.diffusion.gaussian import forward_noise
+    from eclipse.diffusion.schedule import make_schedule
+    from eclipse.diffusion.selection import elixir_distance
+    from eclipse.diffusion.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(num_channels=32, num_res_blocks=1, attention_resolutions="16",
+                                  channel_mult=(1, 2))).eval()
+    schedule = make_schedule("cosine", 4000)
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(6, 3, 32, 32, generator=gen) * 2 - 1
+    x_t = forward_noise(schedule, x0, 40, torch.Generator().manual_seed(4))
+    rounds = []
+    S.chained(model, schedule, x_t, 39, torch.Generator().manual_seed(5),
+              S.SamplerOptions(steps=5, callback=lambda s: rounds.append(s["x"].clone())))
+    stacked = torch.stack(rounds)
+    out = S.elixir(model, schedule, x_t, 39, torch.Generator().manual_seed(5), S.SamplerOptions(steps=5, x0=x0))
+    d = elixir_distance(stacked, x0)
+    for i in range(len(x0)):
+        j = [j for j in range(5) if torch.equal(stacked[j, i], out[i])]
+        assert j and int((d[:, i] < d[j[0], i]).sum()) == 4
+    features = lambda images: images.flatten(1)[:, :64] + 2.0     # noqa: E731
+    with_features = S.elixir(model, schedule, x_t, 39, torch.Generator().manual_seed(5),
+                             S.SamplerOptions(steps=5, x0=x0, features=features))
+    assert all(any(torch.equal(stacked[j, i], with_features[i]) for j in range(5)) for i in range(len(x0)))
+    with pytest.raises(ValueError, match="options.x0"):
+        S.elixir(model, schedule, x_t, 39, None, S.SamplerOptions(steps=2))
+
+
+def test_elixir_purification_uses_the_sparse_classifier_features(smoke_purifier):
+    """Through the pipeline: ``purifier_for`` gives elixir the features of a classifier trained on the sparse
+    set (pooled features of a trained network), and ``purified_set`` refuses elixir without them."""
+    from eclipse.experiments import purified_set, purifier_for
+
+    profile, sets, base = smoke_purifier
+    data = sets["train"].subset(torch.arange(20))
+    with pytest.raises(ValueError, match="features"):
+        purified_set(data, profile, *base, sampler="elixir", steps=3, progress=False)
+    purifier = purifier_for(profile, "elixir", base, sets["pool"], progress=False)
+    assert purifier.features is not None and purifier.features.key.startswith("sparse-classifier-")
+    feats = purifier.features.fn(data.images[:4].float() / 127.5 - 1)
+    assert feats.shape[0] == 4 and feats.dim() == 2 and torch.isfinite(feats).all()
+    out = purified_set(data, profile, *purifier, sampler="elixir", steps=3, progress=False)
+    assert out.images.shape == data.images.shape and out.images.dtype == torch.uint8
+    assert not torch.equal(out.images, data.images)

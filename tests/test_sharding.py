@@ -20,7 +20,8 @@ def tiny_model():
     return model, schedule_from_settings(DiffusionSettings(diffusion_steps=4000))
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("respaced", 3), ("chained", 2), ("masked", 2)])
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("respaced", 3), ("chained", 2), ("masked", 2),
+                                           ("elixir", 3)])
 def test_per_image_noise_is_invariant_to_batch_size_and_sharding(tiny_model, sampler, steps):
     model, schedule = tiny_model
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))

@@ -37,16 +37,17 @@ def unet_classifier(num_classes: int, width: int) -> UNetClassifier:
 
 def small_unet_classifier(num_classes: int, width: int) -> UNetClassifier:
     """The quick profile's diffusion layout (1 residual block per level, attention at 16 pixels, channel
-    multipliers 1, 2, 2) with ``2 * width`` base channels (rounded up to 32), as a classifier: under ``quick``
-    the attacker's UNet is the purifier's own layout (width 16: the 32-channel quick UNet, 1.19M parameters),
-    about a quarter of the paper layout's cost per image at the same width."""
+    multipliers 1, 2, 2) with ``2 * width`` base channels (rounded up to 32), as a classifier: the purifier's own
+    layout under ``quick`` (width 16: the 32-channel quick UNet, 1.19M parameters), about a quarter of the paper
+    layout's cost per image at the same width, yet 9x a width-16 ResNet-18 (so ``quick``'s ADP uses the ResNet;
+    eclipse/profiles.py)."""
     config = UNetConfig(num_channels=32 * -(-2 * width // 32), num_res_blocks=1, attention_resolutions="16",
                         num_heads=4, learn_sigma=False, channel_mult=(1, 2, 2))
     return UNetClassifier(config, num_classes)
 
 
 VICTIMS.register("unet-small", small_unet_classifier,
-                 description="the quick profile's diffusion UNet layout as a classifier (ADP's quick surrogate), "
+                 description="the quick profile's diffusion UNet layout as a classifier (a cheaper ADP surrogate), "
                              "2 x width base channels")
 VICTIMS.register("unet", unet_classifier,
                  description="the diffusion UNet as a classifier (conv + global pooling head; ADP's surrogate), "

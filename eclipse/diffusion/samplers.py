@@ -37,7 +37,9 @@ class SamplerOptions:
     progress: bool = False
     callback: Callback | None = None     # called after every reverse step with {"i", "t", "x", "pred_xstart"}
     x0: torch.Tensor | None = None       # the input before noising (purify passes it), for samplers that keep
-    #                                      its context: masked; the others ignore it
+    #                                      its context or compare with it: masked, elixir; the others ignore it
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None   # [-1, 1] images -> (B, D): elixir's feature
+    #                                      distance (eclipse.diffusion.selection.FeatureMap.fn); None: pixels only
 
     def __post_init__(self) -> None:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
@@ -60,17 +62,20 @@ class SamplerSpec:
     description: str
     purifier: str = "diffusion"   # the weights it runs on: "diffusion" (the sparse DDPM) or "consistency" (its
     #                               one-step fine-tuning, eclipse.experiments.consistency_purifier)
+    features: bool = False        # it chooses among candidates with a feature map (SamplerOptions.features, given
+    #                               by eclipse.experiments.purifier_for: a classifier trained on the sparse set)
 
 
 SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
 
 
 def register_sampler(name: str, nfe: Callable[[int, int | None], int], description: str | None = None,
-                     purifier: str = "diffusion"):
-    """Decorator: register ``fn`` under ``name`` with its network-evaluation count (and the weights it needs)."""
+                     purifier: str = "diffusion", features: bool = False):
+    """Decorator: register ``fn`` under ``name`` with its network-evaluation count (and the weights and feature
+    map it needs)."""
     def add(fn: SamplerFn) -> SamplerFn:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
-        SAMPLERS.register(name, SamplerSpec(name, fn, nfe, doc, purifier))
+        SAMPLERS.register(name, SamplerSpec(name, fn, nfe, doc, purifier, features))
         return fn
     return add
 
@@ -220,6 +225,40 @@ def chained(model: Model, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: i
         if options.callback is not None:
             options.callback({"i": r, "t": int(schedule.timestep_map[t_start]), "x": x0_hat, "pred_xstart": x0_hat})
     return x0_hat
+
+
+ELIXIR_ROUNDS = 5   # rounds of `elixir` when --steps is not given (DataElixir's rounds_n)
+
+
+@register_sampler("elixir", nfe=lambda t_star, steps: steps or ELIXIR_ROUNDS, features=True,
+                  description=f"DataElixir-style: --steps chained one-shot rounds (default {ELIXIR_ROUNDS}), every "
+                              "round's output harvested, per image the candidate at the 0.8 quantile of "
+                              "0.5(1-SSIM')+0.5(1-cos') to the input, features of a classifier trained on the sparse "
+                              "clean set (--steps network calls)")
+def elixir(model: Model, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: int,
+           generator: torch.Generator | None = None, options: SamplerOptions | None = None) -> torch.Tensor:
+    """Chained purification with DataElixir's harvest and per-image choice: the rounds of :func:`chained` (the
+    same noise draws), each round's estimate a candidate, and per image the candidate that
+    :func:`eclipse.diffusion.selection.choose_at_quantile` picks by
+    :func:`~eclipse.diffusion.selection.elixir_distance` to ``options.x0`` with ``options.features``. DataElixir
+    keeps the last 10 states of each of 5 150-step reverse processes (50 candidates); a round here is one network
+    call, so it harvests one candidate a round. Reports each round like ``chained``."""
+    from .selection import choose_at_quantile, elixir_distance
+
+    options = options or SamplerOptions()
+    if options.x0 is None or options.x0.shape != x_t.shape:
+        raise ValueError("the elixir sampler compares each candidate with the un-noised input: it needs options.x0 "
+                         "of the same shape as x_t (eclipse.purify.purify_batch passes it)")
+    candidates: list[torch.Tensor] = []
+
+    def harvest(state: dict) -> None:
+        candidates.append(state["x"])
+        if options.callback is not None:
+            options.callback(state)
+    chained(model, schedule, x_t, t_start, generator,
+            with_options(options, steps=options.steps or ELIXIR_ROUNDS, callback=harvest))
+    stacked = torch.stack(candidates)
+    return choose_at_quantile(stacked, elixir_distance(stacked, options.x0, options.features))
 
 
 def checkerboard_masks(height: int, width: int, patch: int = MASK_PATCH,
