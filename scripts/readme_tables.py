@@ -141,6 +141,12 @@ def _paper_none(paper, label, key: str) -> float | None:
     return _num(table.loc["none"].get(PAPER_ATTACK.get(_base(label))))
 
 
+def _paper_eclipse(paper, label) -> float | None:
+    """The paper's ECLIPSE (A+B+C) value for our attack row: Table 1's (the eight poisons, as Table 4's A+B+C
+    row, and ADP)."""
+    return _num(paper.TABLE1_RESNET18.loc["eclipse"].get(PAPER_ATTACK.get(_base(label))))
+
+
 def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: str | None = "table3-clean-accuracy.csv",
             ) -> tuple[str, dict]:
     t1 = _read(figures, name, index_col=0)
@@ -151,7 +157,6 @@ def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: 
     eclipse_col = [c for c in t1.columns if c.startswith("eclipse")][0]
     cols = [("none", "none", "none")] + [(c, name, c) for c, name in (("iss-g", "ISS-G"), ("iss-j", "ISS-J"))
                                          if c in t1.columns] + [(eclipse_col, "ECLIPSE (A+B+C)", "eclipse")]
-    abc = paper.TABLE4_ABLATION.loc["A+B+C"]
     rows, attacks = [], []
     for label, values in t1.iterrows():
         if str(label).upper() == "AVG":
@@ -159,16 +164,16 @@ def _table1(figures: Path, paper, name: str = "table1-main-results.csv", clean: 
         attacks.append(_base(label))
         cells = []
         for col, _, key in cols:
-            ref = abc.get(PAPER_ATTACK.get(_base(label))) if key == "eclipse" else _paper_none(paper, label, key)
+            ref = _paper_eclipse(paper, label) if key == "eclipse" else _paper_none(paper, label, key)
             cells.append(_cell(values[col], ref))
         rows.append([_row_label(label)] + cells)
     avg = t1.loc[[i for i in t1.index if str(i).upper() == "AVG"][0]]
-    same = [PAPER_ATTACK[a] for a in attacks if a in PAPER_ATTACK]
+    eclipse_refs = [_paper_eclipse(paper, a) for a in attacks]
     avg_cells = []
     for col, _, key in cols:
         nones = [_paper_none(paper, a, key) for a in attacks]
-        if key == "eclipse" and len(same) == len(attacks):
-            avg_cells.append(_cell(avg[col], float(abc[same].mean())))
+        if key == "eclipse" and all(v is not None for v in eclipse_refs):
+            avg_cells.append(_cell(avg[col], float(sum(eclipse_refs) / len(eclipse_refs))))
         elif key == "none" and all(v is not None for v in nones):
             avg_cells.append(_cell(avg[col], float(sum(nones) / len(nones))))
         elif key in paper.TABLE1_AVERAGES:

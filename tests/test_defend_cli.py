@@ -175,3 +175,19 @@ def test_defend_with_the_consistency_sampler_purifies_with_the_fine_tuned_weight
     one_shot, consistency = (data.load_images(outs[s]) for s in ("one_shot", "consistency"))
     assert torch.equal(one_shot.labels, consistency.labels)
     assert not torch.equal(one_shot.images, consistency.images)
+
+
+def test_defend_with_the_elixir_sampler_trains_the_sparse_classifier_it_chooses_with(random_set, tmp_path, capsys):
+    """`--sampler elixir` trains (cached) a classifier on --sparse-set for its feature distance and purifies with
+    the chained rounds and the per-image choice; a second run reuses both and gives the same images."""
+    source = data.save_images(random_set, tmp_path / "mine.pkl")
+    sparse = data.save_images(random_set, tmp_path / "sparse.npz")
+    outs = [tmp_path / f"elixir-{k}.npz" for k in range(2)]
+    for out in outs:
+        assert cli.main(["defend", "--profile", "smoke", "--dataset", str(source), "--sparse-set", str(sparse),
+                         "--sampler", "elixir", "--steps", "3", "--out", str(out), "--no-train",
+                         "--device", "cpu"]) == 0
+        assert json.loads(capsys.readouterr().out)["purified_set"] == str(out)
+    first, second = (data.load_images(o) for o in outs)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, random_set.labels)
+    assert not torch.equal(first.images, random_set.images)
