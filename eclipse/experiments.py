@@ -296,12 +296,15 @@ def consistency_purifier(profile: Profile | str, base: tuple, pool: ImageSet | N
     t_star = t_star or profile.t_star
     cfg = ConsistencyConfig(**{"seed": profile.seed, **profile.consistency})
     inputs = {"base": base_key, "sparse": digest(sparse), "t_star": t_star, "config": cfg.to_dict()}
+    features = sparse_features(profile, sparse, grad=True, progress=progress) if cfg.perceptual else None
+    if features is not None:
+        inputs["features"] = features.key
     started: dict = {}
 
     def compute(folder: Path):
         started["tick"] = time.perf_counter()
         return finetune_consistency(model, schedule, sparse.images, cfg, t_star=t_star, out_dir=folder,
-                                    device=default_device(), progress=progress)
+                                    device=default_device(), progress=progress, features=features)
 
     def save(result, folder: Path) -> None:
         losses = result[1]
@@ -334,17 +337,19 @@ class Purifier(NamedTuple):
     features: "FeatureMap | None" = None
 
 
-def sparse_features(profile: Profile | str, sparse: ImageSet, *, progress: bool = True) -> "FeatureMap":
+def sparse_features(profile: Profile | str, sparse: ImageSet, *, grad: bool = False,
+                    progress: bool = True) -> "FeatureMap":
     """The penultimate features of the profile's victim trained on the clean sparse set (cached like every
-    victim run): the feature map of DataElixir's per-image choice (``elixir``), from a classifier that never saw
-    a poison. Its accuracy is reported on the sparse set itself (no test set is at hand here)."""
+    victim run): the feature map of DataElixir's per-image choice (``elixir``) and of the consistency
+    purifier's optional perceptual term (``grad=True``), from a classifier that never saw a poison. Its accuracy
+    is reported on the sparse set itself (no test set is at hand here)."""
     from .diffusion.selection import FeatureMap, penultimate_features
     from .training import trained_model
 
     profile = get_profile(profile)
     run = victim_run(sparse, sparse, profile, "none", progress=progress)
     net = trained_model(run["run_dir"], profile.victim, len(sparse.classes))
-    return FeatureMap(penultimate_features(net), "sparse-classifier-" + Path(run["run_dir"]).name)
+    return FeatureMap(penultimate_features(net, grad=grad), "sparse-classifier-" + Path(run["run_dir"]).name)
 
 
 def purifier_for(profile: Profile | str, sampler: str | None, base: tuple, pool: ImageSet | None = None, *,

@@ -9,7 +9,10 @@ consistency``: one network call per image).
 Where this departs from the paper: Consistency Purification starts from a consistency model distilled from EDM
 (not a DDPM), purifies at much larger noise and fine-tunes with LPIPS, a perceptual distance from an ImageNet
 network. Here the start is the sparse improved-diffusion UNet (its x0 prediction through the epsilon output),
-the band is around ECLIPSE's t*, and the distance is pixel-space pseudo-Huber: no perceptual term.
+the band is around ECLIPSE's t*, and the distance is pixel-space pseudo-Huber. LPIPS needs downloaded ImageNet
+weights; its place can be taken by an optional perceptual term from a network the package trains itself
+(``perceptual`` > 0): ``perceptual * (1 - cos(phi(f(x_t)), phi(x0)))`` with ``phi`` the pooled features of the
+profile's victim trained on the same sparse clean set (:func:`eclipse.experiments.sparse_features`).
 
 Training is resumable bit for bit: data order, timesteps, noise and flips come from one seeded generator whose
 state is checkpointed with the weights, optimiser and EMA (written atomically every ``checkpoint_every`` steps).
@@ -31,6 +34,7 @@ from ..validation import check_images
 from . import gaussian as G
 from .gaussian import Model, to_model_range
 from .schedule import NoiseSchedule
+from .selection import FeatureMap
 
 CHECKPOINT_NAME = "consistency.pt"
 
@@ -38,7 +42,8 @@ CHECKPOINT_NAME = "consistency.pt"
 @dataclass(frozen=True)
 class ConsistencyConfig:
     """Fine-tuning knobs. ``band``: t is drawn uniformly from the schedule indices
-    ``[(1 - band) t*, (1 + band) t*]`` (clipped to the schedule); ``huber_c`` None: ``0.00054 sqrt(C H W)``."""
+    ``[(1 - band) t*, (1 + band) t*]`` (clipped to the schedule); ``huber_c`` None: ``0.00054 sqrt(C H W)``;
+    ``perceptual``: weight of the feature term (0: pixels only; needs a feature map)."""
 
     iterations: int = 2000
     batch_size: int = 64
@@ -48,17 +53,24 @@ class ConsistencyConfig:
     ema_rate: float = 0.999
     checkpoint_every: int = 200
     seed: int = 0
+    perceptual: float = 0.0
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("iterations >= 0, batch_size >= 1 and checkpoint_every >= 1 are required")
         if not 0 <= self.band <= 1:
             raise ValueError(f"band must lie in [0, 1] (a fraction of t*), got {self.band}")
+        if not (self.perceptual >= 0 and math.isfinite(self.perceptual)):
+            raise ValueError(f"perceptual must be a finite weight >= 0, got {self.perceptual}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings; ``perceptual`` only when on (so pixel-only fine-tunings keep their identity)."""
+        out = asdict(self)
+        if not self.perceptual:
+            del out["perceptual"]
+        return out
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
@@ -82,11 +94,16 @@ def timestep_band(t_star: int, band: float, num_timesteps: int) -> tuple[int, in
 
 def finetune_consistency(base: torch.nn.Module, schedule: NoiseSchedule, images: torch.Tensor, cfg: ConsistencyConfig,
                          *, t_star: int, out_dir: str | os.PathLike, device: torch.device | str = "cpu",
-                         progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
+                         progress: bool = True, features: "FeatureMap | None" = None,
+                         ) -> tuple[torch.nn.Module, list[float]]:
     """Fine-tune a copy of ``base`` (left untouched) on the clean uint8 ``images`` into a one-step purifier
     for depth ``t_star``; returns (EMA model in eval mode, per-step losses). A rerun with the same inputs
-    resumes from ``out_dir/consistency.pt``; one with other inputs is refused."""
+    resumes from ``out_dir/consistency.pt``; one with other inputs is refused. ``features``: the feature map of
+    the perceptual term (a :class:`~eclipse.diffusion.selection.FeatureMap` whose ``fn`` keeps gradients),
+    required when ``cfg.perceptual`` > 0."""
     check_images(images, channels=None)
+    if cfg.perceptual and features is None:
+        raise ValueError(f"perceptual = {cfg.perceptual}: the perceptual term needs a feature map (features=)")
     device = torch.device(device)
     sched = schedule.to(device)
     lo, hi = timestep_band(t_star, cfg.band, schedule.num_timesteps)
@@ -95,6 +112,8 @@ def finetune_consistency(base: torch.nn.Module, schedule: NoiseSchedule, images:
     free = ("iterations", "checkpoint_every")   # a longer run continues a shorter one's state
     identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in free}, "t_star": int(t_star), "images": tensor_hash(images),
                 "base": tensor_hash(*base.state_dict().values())}
+    if cfg.perceptual:
+        identity["features"] = features.key
     path = Path(out_dir) / CHECKPOINT_NAME
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
@@ -133,7 +152,13 @@ def finetune_consistency(base: torch.nn.Module, schedule: NoiseSchedule, images:
             x0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x0.flip(3), x0)
             t, noise = t.to(device), noise.to(device)
             x_t = G.q_sample(sched, x0, t, noise)
-            loss = pseudo_huber(one_step_x0(student, sched, x_t, t), x0, c).mean()
+            estimate = one_step_x0(student, sched, x_t, t)
+            loss = pseudo_huber(estimate, x0, c).mean()
+            if cfg.perceptual:
+                with torch.no_grad():
+                    target = features.fn(x0)
+                cos = torch.nn.functional.cosine_similarity(features.fn(estimate.clamp(-1, 1)), target, dim=1)
+                loss = loss + cfg.perceptual * (1 - cos).mean()
             if not torch.isfinite(loss):
                 bar.close()
                 where = f"last good state in {path}" if path.exists() else "no state saved yet"

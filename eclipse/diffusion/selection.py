@@ -86,20 +86,21 @@ def choose_at_quantile(candidates: torch.Tensor, distance: torch.Tensor,
     return candidates[pick, torch.arange(candidates.shape[1], device=candidates.device)]
 
 
-def penultimate_features(classifier: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def penultimate_features(classifier: torch.nn.Module, grad: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x in [-1, 1] -> the input of the classifier's last linear layer`` (its pooled features; every victim
-    of :mod:`eclipse.victims` ends in one), the classifier in eval mode, no gradients."""
+    of :mod:`eclipse.victims` ends in one), the classifier frozen in eval mode. ``grad``: keep the graph to
+    ``x`` (a perceptual loss back-propagates through it); otherwise no gradients."""
     linears = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         raise ValueError(f"{type(classifier).__name__} has no linear layer to take features before")
     last = linears[-1]
-    classifier.eval()
+    classifier.eval().requires_grad_(False)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
         handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 device = next(classifier.parameters()).device
                 classifier(((x + 1) / 2).clamp(0, 1).to(device))
         finally:
