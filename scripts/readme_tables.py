@@ -212,6 +212,11 @@ def _model_based_facts(figures: Path) -> str:
         text += (f" EFP (EntF-push) is made against adversarial training: in the paper too it barely bites a "
                  f"standard victim (undefended {_f(efp, 2)} against clean {_f(ref, 2)}, "
                  f"{_f(_dec(ref) - _dec(efp), 1)} points down).")
+    if "adp" in poisons and "em" in poisons:
+        gain = {a: _dec(t.loc[a, eclipse_col]) - _dec(t.loc[a, "none"]) for a in ("adp", "em")}
+        text += (f" ADP is EM's min-min through ECLIPSE's compensation: ECLIPSE gains {_f(gain['adp'], 1)} points over "
+                 f"no defense on it, against {_f(gain['em'], 1)} on EM; the paper's ECLIPSE keeps "
+                 f"{_f(_paper().TABLE1_RESNET18.loc['eclipse', 'ADP'], 2)} on ADP.")
     return text
 
 
