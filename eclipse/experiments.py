@@ -364,12 +364,16 @@ def purifier_for(profile: Profile | str, sampler: str | None, base: tuple, pool:
     profile = get_profile(profile)
     spec = SAMPLERS[sampler or profile.sampler]
     model, schedule, key = base[:3]
-    if (spec.purifier == "consistency" or spec.features) and sparse is None:
+    features = base[3] if len(base) > 3 else None
+    tune = spec.purifier == "consistency" and not key.startswith(CONSISTENCY_PREFIX)
+    need_features = spec.features and features is None
+    if (tune or need_features) and sparse is None:
         if pool is None:
             raise ValueError(f"sampler {spec.name!r} needs the defender's clean images: pass the pool or a sparse set")
         sparse = sparse_set(pool, profile.sparse_size, profile.seed)
-    if spec.purifier == "consistency" and not key.startswith(CONSISTENCY_PREFIX):
+    if tune:
         model, schedule, key = consistency_purifier(profile, (model, schedule, key), sparse=sparse, t_star=t_star,
                                                     progress=progress)
-    features = sparse_features(profile, sparse, progress=progress) if spec.features else None
-    return Purifier(model, schedule, key, features)
+    if need_features:
+        features = sparse_features(profile, sparse, progress=progress)
+    return Purifier(model, schedule, key, features if spec.features else None)

@@ -253,3 +253,22 @@ def test_elixir_purification_uses_the_sparse_classifier_features(smoke_purifier)
     out = purified_set(data, profile, *purifier, sampler="elixir", steps=3, progress=False)
     assert out.images.shape == data.images.shape and out.images.dtype == torch.uint8
     assert not torch.equal(out.images, data.images)
+
+
+def test_purifier_for_passes_on_what_it_was_given():
+    """A purifier already fine-tuned, or already carrying its feature map, needs no clean images again (the
+    ECLIPSE pipeline calls ``purifier_for`` once more on what the comparison grid built); a sampler that does not
+    choose among candidates gets no feature map (its cache key stays that of the plain purification)."""
+    from eclipse.diffusion.selection import FeatureMap
+    from eclipse.experiments import CONSISTENCY_PREFIX, Purifier, purifier_for
+    from eclipse.profiles import SMOKE
+
+    model, schedule = torch.nn.Identity(), object()
+    tuned = purifier_for(SMOKE, "consistency", (model, schedule, CONSISTENCY_PREFIX + "abc"))
+    assert tuned.model is model and tuned.key == CONSISTENCY_PREFIX + "abc" and tuned.features is None
+    features = FeatureMap(lambda x: x.flatten(1), "sparse-classifier-xyz")
+    chosen = purifier_for(SMOKE, "elixir", Purifier(model, schedule, "base", features))
+    assert chosen.features is features and chosen.key == "base"
+    assert purifier_for(SMOKE, "one_shot", Purifier(model, schedule, "base", features)).features is None
+    with pytest.raises(ValueError, match="clean images"):
+        purifier_for(SMOKE, "elixir", (model, schedule, "base"))
