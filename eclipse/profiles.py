@@ -209,7 +209,7 @@ QUICK = Profile(
                        purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "elixir-3",
                                   "masked-2"]),
     ),
-    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 7.5 h cold with EM, REM, TAP, SEP and notebook 08, estimated)",
+    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 8 h cold with EM, REM, TAP, SEP and notebook 08, estimated)",
 )
 
 SMOKE = Profile(
