@@ -242,7 +242,8 @@ def elixir(model: Model, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: in
     :func:`eclipse.diffusion.selection.choose_at_quantile` picks by
     :func:`~eclipse.diffusion.selection.elixir_distance` to ``options.x0`` with ``options.features``. DataElixir
     keeps the last 10 states of each of 5 150-step reverse processes (50 candidates); a round here is one network
-    call, so it harvests one candidate a round. Reports each round like ``chained``."""
+    call, so it harvests one candidate a round; with K <= 5 candidates the 0.8 quantile's index floor(0.8 K) is
+    the farthest one (DataElixir's 50 leave ten farther). Reports each round like ``chained``."""
     from .selection import choose_at_quantile, elixir_distance
 
     options = options or SamplerOptions()
