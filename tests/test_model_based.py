@@ -126,20 +126,25 @@ def test_sep_ensemble_epochs_follow_the_official_spacing():
 
 
 def test_tap_targets_the_next_class_more_than_the_clean_surrogate_predicts_it():
-    """TAP's poison moves the surrogate's predictions toward (y + 1) mod K."""
+    """TAP's poison moves the surrogate's predictions toward (y + 1) mod K: its target-class loss falls far more
+    than under random sign noise of the same 8/255 budget (measured on two hosts: TAP -0.96 and random -0.009
+    from 3.53; the earlier bare "after < 0.75 before" at 8 iterations gave 0.74 on one CPU and 0.78 on another)."""
     from eclipse.attacks import craft
     from eclipse.attacks.tap import TAP_SURROGATE
 
     images, labels = tiny_set(200, contrast=20)  # classes the tiny surrogate cannot separate with confidence
-    params = {**settings("tap"), "iterations": 8, "step_fraction": 0.25,
+    params = {**settings("tap"), "iterations": 16, "step_fraction": 0.25,
               "surrogate": {"width": 8, "epochs": 6, "batch_size": 50}}
     poisoned = poison("tap", images, labels, seed=0, progress=False, **params)
     model = craft.train_surrogate(images, labels, 10, craft.surrogate_config(TAP_SURROGATE, params["surrogate"]),
                                   seed=0, state_dir=None, progress=False)
     target = (labels + 1) % 10
+    sign = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noisy = (images.int() + 8 * sign).clamp(0, 255).to(torch.uint8)
     with torch.no_grad():
-        before, after = (torch.nn.functional.cross_entropy(model(x.float() / 255), target) for x in (images, poisoned))
-    assert after < 0.75 * before
+        before, after, random = (float(torch.nn.functional.cross_entropy(model(x.float() / 255), target))
+                                 for x in (images, poisoned, noisy))
+    assert after < 0.85 * before and before - after > 10 * abs(before - random), (before, after, random)
 
 
 def test_em_noise_lowers_the_surrogate_loss_below_the_clean_loss():
