@@ -7,12 +7,19 @@ docstrings (comments never reach the syntax tree). So editing a comment or a doc
 cached artifact, while a change to any statement on the path (a helper in another file included)
 makes a new one. Every kind keeps an ``index.json`` beside its hashed entries, naming each key with a
 readable label and what made it (``eclipse cache ls``).
+
+Cold cost of a warm run: with ``ECLIPSE_CACHE_LOG`` set to a file, every artifact lookup appends a JSON
+line (hit or computed); :func:`cold_cost` then adds, to a run's wall time, the recorded making time of
+what it reused, counting each artifact once and following what each was made from (an artifact's own
+time excludes the artifacts computed inside it). ``eclipse reproduce`` reports it per notebook, so a
+cold-cache wall time can be stated from runs spread over several sessions.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +30,9 @@ from .storage import atomic_write_json, cache_dir, config_key
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = "eclipse"
 T = TypeVar("T")
+CACHE_LOG_ENV = "ECLIPSE_CACHE_LOG"
+# one list per artifact being computed (innermost last): the (kind/key, seconds computed) of the artifacts it used
+_computing: list[list[tuple[str, float]]] = []
 
 # What computes each kind of artifact (roots of its import closure). A poison adds its attack's own module
 # and a run its network's (``cached(..., code=...)``), so that URP's key does not follow the UNet that ADP's
@@ -124,7 +134,8 @@ def artifact_path(kind: str, key: str, *, label: str = "", suffix: str = "") -> 
     return cache_dir() / kind / f"{stem}{suffix}"
 
 
-def _index(kind: str, key: str, path: Path, label: str, inputs: dict, seconds: float) -> None:
+def _index(kind: str, key: str, path: Path, label: str, inputs: dict, seconds: float,
+           used: list[tuple[str, float]] = ()) -> None:
     """Record a new artifact in ``<cache>/<kind>/index.json`` (readable names beside the hashes)."""
     index_path = cache_dir() / kind / "index.json"
     try:
@@ -133,8 +144,63 @@ def _index(kind: str, key: str, path: Path, label: str, inputs: dict, seconds: f
         index = {}  # a damaged index is rebuilt from here on; the artifacts themselves are intact
     summary = {k: v for k, v in inputs.items() if isinstance(v, (str, int, float, bool)) or v is None}
     index[key] = {"label": label, "path": path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "seconds": round(seconds, 1), **summary}
+                  "seconds": round(seconds, 1),
+                  # the artifacts it used, and its own time without those computed inside it (cold_cost)
+                  "used": sorted({ref for ref, _ in used}),
+                  "own_seconds": round(max(seconds - sum(s for _, s in used), 0.0), 1), **summary}
     atomic_write_json(index, index_path)
+
+
+def _index_entry(ref: str) -> dict | None:
+    """The index record of ``kind/key`` (None when the index does not have it)."""
+    kind, _, key = ref.partition("/")
+    try:
+        return json.loads((cache_dir() / kind / "index.json").read_text()).get(key)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _log(ref: str, label: str, hit: bool, seconds: float | None) -> None:
+    """Append one lookup to ``$ECLIPSE_CACHE_LOG`` (one short line: appends from several processes stay whole)."""
+    log = os.environ.get(CACHE_LOG_ENV)
+    if log:
+        line = json.dumps({"artifact": ref, "label": label, "hit": hit, "seconds": seconds})
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def read_cache_log(path: str | Path) -> list[dict]:
+    """The lookups recorded in a cache log (an absent file: none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cold_cost(events: list[dict], counted: set[str] | None = None) -> dict:
+    """What the artifacts a run reused cost to make: the recorded own time of each reused artifact and,
+    recursively, of those it was made from, each counted once, leaving out those the run computed itself
+    (they are in its wall time) and those in ``counted`` (already charged to an earlier run; updated in
+    place). Returns ``computed``/``reused`` counts, ``reused_make_s`` and ``unrecorded`` (reused artifacts
+    the index does not know, counted as 0 s)."""
+    counted = set() if counted is None else counted
+    computed = {e["artifact"] for e in events if not e["hit"]}
+    todo = [e["artifact"] for e in events if e["hit"]]
+    reused, unrecorded, seconds = set(), 0, 0.0
+    while todo:
+        ref = todo.pop()
+        if ref in computed or ref in counted or ref in reused:
+            continue
+        reused.add(ref)
+        entry = _index_entry(ref)
+        if entry is None:
+            unrecorded += 1
+            continue
+        seconds += float(entry.get("own_seconds", entry.get("seconds", 0.0)))   # older entries: no "used"
+        todo.extend(entry.get("used", []))
+    counted |= computed | reused
+    return {"computed": len(computed), "reused": len(reused), "reused_make_s": round(seconds, 1),
+            "unrecorded": unrecorded}
 
 
 def cached(kind: str, inputs: dict, compute: Callable[[Path], T], *, load: Callable[[Path], T],
@@ -149,12 +215,25 @@ def cached(kind: str, inputs: dict, compute: Callable[[Path], T], *, load: Calla
     """
     key = artifact_key(kind, inputs, code=code)
     path = artifact_path(kind, key, label=label, suffix=suffix)
+    ref = f"{kind}/{key}"
     is_done = done or (lambda p: p.exists())
     if is_done(path):
+        if _computing:
+            _computing[-1].append((ref, 0.0))
+        if os.environ.get(CACHE_LOG_ENV):
+            _log(ref, label, True, (_index_entry(ref) or {}).get("seconds"))
         return load(path), True, path
     path.parent.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
-    value = compute(path)
-    save(value, path)
-    _index(kind, key, path, label, inputs, time.perf_counter() - tick)
+    _computing.append([])
+    try:
+        value = compute(path)
+        save(value, path)
+    finally:
+        used = _computing.pop()
+    seconds = time.perf_counter() - tick
+    _index(kind, key, path, label, inputs, seconds, used)
+    if _computing:
+        _computing[-1].append((ref, seconds))
+    _log(ref, label, False, round(seconds, 1))
     return value, False, path

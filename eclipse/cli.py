@@ -358,9 +358,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     parameters = parse_parameters(args.parameter)
     summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
                         seed=args.seed or 0, timeout_s=args.timeout, parameters=parameters)
-    print(summary[["notebook", "status", "seconds", "error"]].to_string(index=False))
+    print(summary[["notebook", "status", "seconds", "cold_equivalent_s", "error"]].to_string(index=False))
     failed = summary[summary["status"] != "ok"]
-    print(f"{len(summary) - len(failed)}/{len(summary)} notebooks ran; total {summary['seconds'].sum():.0f}s; "
+    print(f"{len(summary) - len(failed)}/{len(summary)} notebooks ran; total {summary['seconds'].sum():.0f}s "
+          f"({summary['cold_equivalent_s'].sum():.0f}s with the recorded making time of the cached artifacts reused); "
           f"executed copies in {summary['output'].iloc[0].rsplit('/', 1)[0] if len(summary) else '-'}")
     return 1 if len(failed) else 0
 
@@ -420,8 +421,8 @@ def _eclipse_profile(args: argparse.Namespace):
 
 
 def _purifier(args: argparse.Namespace, profile, device):
-    """(model, schedule, key[, features]) the profile's sampler purifies with: :func:`_diffusion_purifier`'s model,
-    or its consistency fine-tuning for ``--sampler consistency``, with the sparse-set classifier's features for
+    """The :class:`~eclipse.experiments.Purifier` the profile's sampler purifies with: :func:`_diffusion_purifier`'s
+    model, or its consistency fine-tuning for ``--sampler consistency``, with the sparse-set classifier's features for
     ``--sampler elixir`` (both on --sparse-set, else the profile's sparse set)."""
     from .diffusion.samplers import SAMPLERS
     from .experiments import clean_data, purifier_for
@@ -429,7 +430,7 @@ def _purifier(args: argparse.Namespace, profile, device):
     base = _diffusion_purifier(args, profile, device)
     spec = SAMPLERS[profile.sampler]
     if spec.purifier != "consistency" and not spec.features:
-        return base
+        return purifier_for(profile, profile.sampler, base)   # needs no clean images
     if spec.purifier == "consistency":
         _say(f"fine-tuning (or reusing) the one-step consistency purifier for t* = {profile.t_star} (cached, "
              "resumable) ...")
@@ -499,7 +500,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
     rank, size = distributed.world()
     dataset = _load_dataset(args.input)
     purifier = _purifier(args, profile, device)
-    model, schedule, features = purifier[0], purifier[1], (purifier[3] if len(purifier) > 3 else None)
+    model, schedule, _, features = purifier
     _check_fits(dataset, model, args.input)
     with distributed.process_group(device):
         start, stop = distributed.shard(len(dataset))      # the whole set in a single process
@@ -546,10 +547,10 @@ def cmd_defend(args: argparse.Namespace) -> int:
     purifier = None
     if spec.purify:
         purifier = _purifier(args, profile, device)
-        model, schedule, key = purifier[:3]
-        _check_fits(dataset, model, where)
-        purifier = (model.to(device), schedule, key, *purifier[3:])
-        summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps, diffusion_model=key)
+        _check_fits(dataset, purifier.model, where)
+        purifier = purifier._replace(model=purifier.model.to(device))
+        summary.update(t_star=profile.t_star, sampler=profile.sampler, steps=profile.sampler_steps,
+                       diffusion_model=purifier.key)
         _say(f"purifying {len(dataset)} images (t*={profile.t_star}, {profile.sampler}; cached and resumable) ...")
         purified = purified_set(dataset, profile, *purifier, noise=_noise_mode(args))
         if args.out:

@@ -363,8 +363,7 @@ def purifier_for(profile: Profile | str, sampler: str | None, base: tuple, pool:
 
     profile = get_profile(profile)
     spec = SAMPLERS[sampler or profile.sampler]
-    model, schedule, key = base[:3]
-    features = base[3] if len(base) > 3 else None
+    model, schedule, key, features = Purifier(*base)
     tune = spec.purifier == "consistency" and not key.startswith(CONSISTENCY_PREFIX)
     need_features = spec.features and features is None
     if (tune or need_features) and sparse is None:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from . import method
-from .experiments import clean_data, diffusion_model, poisoned_set, victim_run
+from .experiments import Purifier, clean_data, diffusion_model, poisoned_set, victim_run
 from .profiles import Profile, attack_settings_label, defense_settings_label, get_profile, setting_label
 
 
@@ -159,8 +159,7 @@ def purification_speed(profile: Profile | str, purifier: tuple, images, sampler:
     from .purify import purify
 
     profile = get_profile(profile)
-    model, schedule, _ = purifier[:3]
-    features = purifier[3] if len(purifier) > 3 else None
+    model, schedule, _, features = Purifier(*purifier)     # a bare (model, schedule, key) has no features
     sample = images[:n_images]
     tick = time.perf_counter()
     purify(sample, model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,

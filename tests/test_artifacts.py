@@ -111,3 +111,42 @@ def test_a_poison_key_follows_its_own_attack_not_the_others(package_copy):
     _edit(package_copy / "training.py", "def sgd_step(", "def _unused():\n    return 1\n\n\ndef sgd_step(")
     edited = keys(package_copy)
     assert edited["em"] != after["em"] and edited["urp"] == after["urp"]  # EM's surrogate trains with it
+
+
+def test_cold_cost_counts_each_reused_artifact_once_through_what_it_was_made_from(tmp_path, monkeypatch):
+    """An artifact computed inside another is charged once: the outer one's own time excludes it, and
+    reusing both (the outer one and the inner one directly) costs their sum, not the inner twice."""
+    import json
+    import time
+
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path / "cache"))
+    io = dict(load=lambda p: json.loads(p.read_text()), save=lambda v, p: p.write_text(json.dumps(v)), suffix=".json")
+
+    def inner(path, tag="a"):
+        return artifacts.cached("poisons", {"inner": tag}, lambda p: time.sleep(0.4) or {"v": 1}, **io)
+
+    def outer(path):
+        inner(path)
+        time.sleep(0.6)
+        return {"v": 2}
+
+    _, hit, _ = artifacts.cached("runs", {"outer": 1}, outer, **io)
+    assert not hit
+    index = json.loads((tmp_path / "cache" / "runs" / "index.json").read_text())
+    (entry,) = index.values()
+    assert len(entry["used"]) == 1 and entry["used"][0].startswith("poisons/")
+    assert 0.5 <= entry["own_seconds"] <= 0.9 and entry["seconds"] >= entry["own_seconds"] + 0.35
+
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(artifacts.CACHE_LOG_ENV, str(log))
+    artifacts.cached("runs", {"outer": 1}, outer, **io)   # hit: the inner one is not even looked up
+    inner(None)                                            # hit, directly
+    inner(None, tag="b")                                   # computed now: in the wall time, not charged
+    events = artifacts.read_cache_log(log)
+    assert [e["hit"] for e in events] == [True, True, False]
+    counted: set[str] = set()
+    cost = artifacts.cold_cost(events, counted)
+    assert cost["computed"] == 1 and cost["reused"] == 2 and cost["unrecorded"] == 0
+    assert 0.9 <= cost["reused_make_s"] <= 1.3        # 0.4 + 0.6 once each (1.4 if the inner counted twice)
+    again = artifacts.cold_cost(events, counted)     # a later notebook of the same run reusing the same ones
+    assert again["reused"] == 0 and again["reused_make_s"] == 0

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
@@ -96,6 +97,41 @@ def test_nbval_fails_on_a_broken_output(tmp_path):
     assert bad.returncode != 0 and "mismatch" in bad.stdout.lower(), bad.stdout[-2000:]
     good = run(tmp_path / "intact.ipynb")
     assert good.returncode == 0, good.stdout[-2000:]
+
+
+_CACHED_CELL = """import json, time
+from eclipse import artifacts
+value, hit, _ = artifacts.cached("poisons", {"test": "cache log"}, lambda path: time.sleep(5) or {"v": 1},
+                                 load=lambda p: json.loads(p.read_text()), save=lambda v, p: p.write_text(json.dumps(v)),
+                                 label="log-test", suffix=".json")
+print("hit:", hit)"""
+
+
+def test_reproduce_charges_a_reused_artifact_its_recorded_making_time(tmp_path, monkeypatch):
+    """A notebook that finds its artifact cached reports the artifact's making time beside its own wall time
+    (the cold-cache equivalent), read from the cache log its kernel wrote."""
+    from eclipse import artifacts
+
+    monkeypatch.setenv("ECLIPSE_CACHE", str(tmp_path / "cache"))   # the kernel inherits it
+    slow = lambda path: time.sleep(1.0) or {"v": 1}  # noqa: E731
+    _, hit, _ = artifacts.cached("poisons", {"test": "cache log"}, slow, load=lambda p: json.loads(p.read_text()),
+                                 save=lambda v, p: p.write_text(json.dumps(v)), label="log-test", suffix=".json")
+    assert not hit
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0\nfigures_dir = '.'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(_CACHED_CELL)]
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    nbformat.write(nb, notebooks / "01-cached.ipynb")
+    summary = reproduce("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "figures", notebook_dir=notebooks)
+    row = summary.iloc[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["artifacts"]["reused"] == 1 and row["artifacts"]["computed"] == 0   # the kernel hit it (no 5 s sleep)
+    assert 0.9 <= row["cold_equivalent_s"] - row["seconds"] <= 1.5
+    manifest = json.loads((tmp_path / "figures" / "manifest-smoke.json").read_text())
+    assert manifest["cold_equivalent_s"] >= manifest["wall_time_s"] + 0.9
 
 
 def test_reproduce_runs_keeps_going_and_reports(tmp_path):
