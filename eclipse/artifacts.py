@@ -164,7 +164,7 @@ def _log(ref: str, label: str, hit: bool, seconds: float | None) -> None:
     """Append one lookup to ``$ECLIPSE_CACHE_LOG`` (one short line: appends from several processes stay whole)."""
     log = os.environ.get(CACHE_LOG_ENV)
     if log:
-        line = json.dumps({"artifact": ref, "label": label, "hit": hit, "seconds": seconds})
+        line = json.dumps({"artifact": ref, "label": label, "hit": hit, "seconds": seconds, "pid": os.getpid()})
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 

@@ -235,7 +235,8 @@ def _method_list(text: str) -> str:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Attacks x defenses test-accuracy table for a profile, written to --out-dir with a manifest."""
+    """Attacks x defenses test-accuracy table for a profile, written to --out-dir with a manifest (under
+    torchrun, by rank 0, the grid shared among the processes)."""
     from dataclasses import asdict
 
     from .defenses import DEFENSES
@@ -247,13 +248,18 @@ def cmd_table(args: argparse.Namespace) -> int:
     from .sweeps import accuracy_grid, wide
     from .viz import save_table
 
+    from . import distributed
+
     profile = _profile(args)
-    _use_device(args)
+    device = _use_device(args, per_rank=True)
     started = time.perf_counter()
     defenses = ([d for d in DEFENSES if d not in ("grayscale", "noise")] + list(PURIFYING_DEFENSES)
                 if args.defenses == ["all"] else args.defenses)
-    long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
-                         reference_rows=not args.no_reference)
+    with distributed.process_group(device):   # torchrun: the grid's tasks shared, one victim per process/GPU
+        long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
+                             reference_rows=not args.no_reference)
+    if distributed.world()[0] != 0:
+        return 0
     table = wide(long)
     table.index.name = "attack"
     sets = clean_data(profile, args.data)
@@ -269,6 +275,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                    attack_victim=profile.attack_victim,
                    attack_params={a: profile.attack_settings(a) for a in args.attacks if profile.attack_settings(a)},
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
+                   processes=distributed.world()[1],
                    **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,
                                    "diffusion_train": profile.diffusion_train}}
                       if any(d.startswith("eclipse") for d in defenses) else {}))
@@ -335,11 +342,14 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
                                                     "cuda, cuda:N or mps")
 
 
-def _use_device(args: argparse.Namespace):
-    """Make --device this process's default device (and its notebooks': ECLIPSE_DEVICE); return it."""
+def _use_device(args: argparse.Namespace, per_rank: bool = False):
+    """Make --device this process's default device (and its notebooks': ECLIPSE_DEVICE); return it
+    (``per_rank``: under torchrun, ``cuda`` is this rank's GPU)."""
+    from . import distributed
     from .seeding import resolve_device, set_default_device
 
-    device = set_default_device(resolve_device(args.device))
+    device = resolve_device(args.device)
+    device = set_default_device(distributed.rank_device(device) if per_rank else device)
     if args.device not in (None, "", "auto"):
         os.environ["ECLIPSE_DEVICE"] = str(device)
     return device

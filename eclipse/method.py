@@ -76,15 +76,22 @@ def run(dataset: ImageSet, evaluation: ImageSet, profile: Profile | str, modules
     Every stage is cached. Returns the victim result with ``modules`` added."""
     spec = module_spec(modules)
     if spec.purify:
-        if purifier is None:
-            if pool is None:
-                raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
-            purifier = diffusion_model(profile, pool, progress=progress)
-        purifier = purifier_for(profile, purify_overrides.get("sampler"), purifier, pool,
-                                t_star=purify_overrides.get("t_star"), progress=progress)
-        dataset = purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
+        dataset = purify_stage(dataset, profile, purifier, pool, progress=progress, **purify_overrides)
     result = victim_run(dataset, evaluation, profile, spec.defense, progress=progress, **(victim or {}))
     return {**result, "modules": spec.name}
+
+
+def purify_stage(dataset: ImageSet, profile: Profile | str, purifier: tuple | None = None, pool: ImageSet | None = None,
+                 *, progress: bool = True, **purify_overrides) -> ImageSet:
+    """Module A of :func:`run`: ``dataset`` purified (cached) with ``purifier = (model, schedule, key)``, or
+    with a model trained on a sparse set drawn from ``pool``, by the profile's sampler (or ``sampler=``)."""
+    if purifier is None:
+        if pool is None:
+            raise ValueError("module A needs the diffusion model: pass purifier=(model, schedule, key) or pool=")
+        purifier = diffusion_model(profile, pool, progress=progress)
+    purifier = purifier_for(profile, purify_overrides.get("sampler"), purifier, pool,
+                            t_star=purify_overrides.get("t_star"), progress=progress)
+    return purified_set(dataset, profile, *purifier, progress=progress, **purify_overrides)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ sparse diffusion model (Fig. 3, Tables 5-6, Fig. 5a) and of ECLIPSE's hyper-para
 Table 7). Notebooks and scripts call these; the grids' values come from the profile."""
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Callable, Iterable
 
 import pandas as pd
 
-from . import method
+from . import distributed, method
 from .experiments import Purifier, clean_data, diffusion_model, poisoned_set, victim_run
 from .profiles import Profile, attack_settings_label, defense_settings_label, get_profile, setting_label
 
@@ -23,29 +25,66 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     random crop in ``quick``), that attack's rows carry the setting in the ``setting`` column (and in the
     display label ``row``, e.g. ``urp (no crop)``; the profile's cuts of a model-based poison's recipe are in
     ``poison_settings``), and, if ``clean`` is in ``attacks``, a ``clean`` row
-    with the same setting (method ``none``) is added as its reference (``reference_rows=False``: not)."""
+    with the same setting (method ``none``) is added as its reference (``reference_rows=False``: not).
+
+    Under torchrun (``torchrun --nproc-per-node N -m eclipse table ...``) the processes share the grid: the
+    poisons and the diffusion model, then the purified sets, then the victims, each task on one rank (round
+    robin, one victim per GPU), the results meeting in the shared cache; then every rank reads the whole
+    grid from the cache, so the table is the one a single process would make."""
     profile = get_profile(profile)
     sets = clean_data(profile, data)
-    purifier = None
-    rows, started = [], time.perf_counter()
     jobs = []
     for attack in attacks:
         jobs += [(attack, {**profile.victim_overrides(attack), **victim_overrides}, m) for m in methods]
     if "clean" in attacks and reference_rows:
         settings = {setting_label(v): v for a in attacks if a != "clean" for v in [profile.victim_overrides(a)] if v}
         jobs += [("clean", {**v, **victim_overrides}, "none") for v in settings.values()]
-    for attack, victim, name in jobs:
-        train = sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, profile=profile)
+    base: list = []   # the diffusion model, loaded once
+
+    def purifier():
+        if not base:
+            base.append(diffusion_model(profile, sets["pool"], progress=progress))
+        return base[0]
+
+    def train_set(attack: str):
+        return sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, profile=profile)
+
+    def cell(attack: str, victim: dict, name: str) -> dict:
         if name.startswith("eclipse"):
             spec = method.module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C")
-            if spec.purify and purifier is None:
-                purifier = diffusion_model(profile, sets["pool"], progress=progress)
-            result = method.run(train, sets["eval"], profile, spec.name, purifier=purifier, progress=progress,
-                                victim=victim)
-        elif name in method.PURIFYING_DEFENSES:
-            result = method.PURIFYING_DEFENSES[name](train, sets["eval"], profile, progress=progress, victim=victim)
-        else:
-            result = victim_run(train, sets["eval"], profile, name, progress=progress, **victim)
+            return method.run(train_set(attack), sets["eval"], profile, spec.name,
+                              purifier=purifier() if spec.purify else None, progress=progress, victim=victim)
+        if name in method.PURIFYING_DEFENSES:
+            return method.PURIFYING_DEFENSES[name](train_set(attack), sets["eval"], profile, progress=progress,
+                                                   victim=victim)
+        return victim_run(train_set(attack), sets["eval"], profile, name, progress=progress, **victim)
+
+    rank, size = distributed.world()
+    if size > 1:
+        progress, log = progress and rank == 0, log if rank == 0 else None
+        purifying = [a for a in dict.fromkeys(a for a, _, m in jobs if m.startswith("eclipse")
+                                              and method.module_spec(m.split(":", 1)[1] if ":" in m else "A+B+C").purify)]
+        import datetime
+
+        import torch.distributed as dist
+
+        # the waits: a gloo group with a day's timeout (a victim or a poison outlasts the default 10-30 minutes)
+        waits = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+        with _one_process():
+            _share([lambda a=a: train_set(a) for a in dict.fromkeys(a for a, _, _ in jobs) if a != "clean"]
+                   + ([purifier] if purifying else []), rank, size, waits)
+            _share([lambda a=a: method.purify_stage(train_set(a), profile, purifier(), progress=progress)
+                    for a in purifying], rank, size, waits)
+            _share([lambda job=job: cell(*job) for job in jobs], rank, size, waits)
+    with _one_process() if size > 1 else contextlib.nullcontext():
+        return _grid_rows(jobs, cell, victim_overrides, profile, log)
+
+
+def _grid_rows(jobs, cell, victim_overrides: dict, profile: Profile, log) -> pd.DataFrame:
+    """The long table, one row per job (each cell computed, or read from the cache)."""
+    rows, started = [], time.perf_counter()
+    for attack, victim, name in jobs:
+        result = cell(attack, victim, name)
         setting = setting_label({k: v for k, v in victim.items() if k not in victim_overrides})
         rows.append({"row": f"{attack} ({setting})" if setting else attack, "attack": attack, "setting": setting,
                      "method": name, "test_acc": result["test_acc"],
@@ -57,6 +96,29 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
                 f"({'cached' if result['cached'] else str(round(result['wall_time_s'])) + 's'}, "
                 f"{time.perf_counter() - started:.0f}s so far)")
     return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def _one_process():
+    """A task of a shared grid is one process's own work: torchrun's ``RANK``/``WORLD_SIZE`` are hidden from the
+    package meanwhile (no DDP diffusion training, no world size in a cache key), so each artifact is the one a
+    single process makes."""
+    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _share(tasks: list[Callable[[], object]], rank: int, size: int, waits) -> None:
+    """Run every ``size``-th of ``tasks`` on ``rank``, then wait for the other ranks at a barrier of the
+    ``waits`` group: the results reach them through the cache."""
+    import torch.distributed as dist
+
+    for i, task in enumerate(tasks):
+        if i % size == rank:
+            task()
+    dist.barrier(group=waits)
 
 
 def wide(long: pd.DataFrame, index: str = "row", columns: str = "method") -> pd.DataFrame:

@@ -3,6 +3,9 @@
 DDP diffusion training (gloo, 2 CPU processes)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -123,3 +126,29 @@ def test_torchrun_ddp_diffusion_training_follows_one_process_with_the_global_bat
     (small,) = list((tmp_path / "small" / "diffusion").glob("*/checkpoint.pt"))
     c = safe_torch_load(small)
     assert not all(torch.allclose(v, c["model"][k], atol=1e-5, rtol=1e-4) for k, v in b["model"].items())  # batch 2 is not 4
+
+
+def test_torchrun_table_shares_the_grid_one_victim_per_process(tmp_path):
+    """`torchrun --nproc-per-node 2 -m eclipse table` (gloo, CPU) computes the poison, the diffusion model, the
+    purified set and each victim once, the two victims in two processes, and writes the single process's table
+    byte for byte."""
+    from collections import Counter
+
+    from eclipse.artifacts import read_cache_log
+
+    args = ["table", "--profile", "smoke", "--attacks", "urp", "--defenses", "none", "eclipse:A", "--no-reference",
+            "--no-progress", "--device", "cpu", "--name", "shared"]
+    for cache in ("cache-one", "cache-two"):   # fresh artifact caches sharing the session's decoded CIFAR-10
+        (tmp_path / cache).mkdir()
+        (tmp_path / cache / "decoded").symlink_to(Path(os.environ["ECLIPSE_CACHE"]) / "decoded", target_is_directory=True)
+    _run_cli(args + ["--out-dir", str(tmp_path / "one")], env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache-one")})
+    log = tmp_path / "log.jsonl"
+    _run_cli(args + ["--out-dir", str(tmp_path / "two")], nproc=2,
+             env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache-two"), "ECLIPSE_CACHE_LOG": str(log)})
+    assert (tmp_path / "one" / "shared-smoke.csv").read_bytes() == (tmp_path / "two" / "shared-smoke.csv").read_bytes()
+    computed = [e for e in read_cache_log(log) if not e["hit"]]
+    assert Counter(e["artifact"].split("/")[0] for e in computed) == {"poisons": 1, "diffusion": 1, "purified": 1,
+                                                                        "runs": 2}
+    assert max(Counter(e["artifact"] for e in computed).values()) == 1      # nothing made twice
+    assert len({e["pid"] for e in computed if e["artifact"].startswith("runs/")}) == 2   # one victim per process
+    assert not (tmp_path / "two" / "shared-smoke-manifest.json").read_text().count('"processes": 1')
