@@ -49,9 +49,12 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     def train_set(attack: str):
         return sets["train"] if attack == "clean" else poisoned_set(sets["train"], attack, profile.seed, profile=profile)
 
+    def modules(name: str):   # ``eclipse:<modules>`` -> its ModuleSpec (None for another method)
+        return method.module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C") if name.startswith("eclipse") else None
+
     def cell(attack: str, victim: dict, name: str) -> dict:
         if name.startswith("eclipse"):
-            spec = method.module_spec(name.split(":", 1)[1] if ":" in name else "A+B+C")
+            spec = modules(name)
             return method.run(train_set(attack), sets["eval"], profile, spec.name,
                               purifier=purifier() if spec.purify else None, progress=progress, victim=victim)
         if name in method.PURIFYING_DEFENSES:
@@ -62,8 +65,7 @@ def accuracy_grid(profile: Profile | str, attacks: list[str], methods: list[str]
     rank, size = distributed.world()
     if size > 1:
         progress, log = progress and rank == 0, log if rank == 0 else None
-        purifying = [a for a in dict.fromkeys(a for a, _, m in jobs if m.startswith("eclipse")
-                                              and method.module_spec(m.split(":", 1)[1] if ":" in m else "A+B+C").purify)]
+        purifying = list(dict.fromkeys(a for a, _, m in jobs if modules(m) is not None and modules(m).purify))
         import datetime
 
         import torch.distributed as dist

@@ -23,10 +23,10 @@ def test_victim_seed_spread_smoke(tmp_path):
     from eclipse.profiles import sweep_profile
     from eclipse.sweeps import sparse_diffusion_point, sparse_diffusion_points
 
-    argv = ["--profile", "smoke", "--attack", "lsp", "--seeds", "0", "1", "--points", "enlargement=crop", "I=10",
+    argv = ["--profile", "smoke", "--attack", "lsp", "--seeds", "0", "1", "--points", "enlargement=crop",
             "--out", str(tmp_path), "--name", "spread"]
     wide = _load("victim_seed_spread").main(argv)
-    assert list(wide.columns) == [0, 1, "spread"] and list(wide.index) == ["enlargement=crop", "I=10"]
+    assert list(wide.columns) == [0, 1, "spread"] and list(wide.index) == ["enlargement=crop"]
     # seed 0 is notebook 02's own run of each point (its sweep helper, its grid): the same cached number
     profile = sweep_profile("smoke")
     sets = clean_data(profile)
