@@ -130,25 +130,29 @@ def test_torchrun_ddp_diffusion_training_follows_one_process_with_the_global_bat
 
 def test_torchrun_table_shares_the_grid_one_victim_per_process(tmp_path):
     """`torchrun --nproc-per-node 2 -m eclipse table` (gloo, CPU) computes the poison, the diffusion model, the
-    purified set and each victim once, the two victims in two processes, and writes the single process's table
-    byte for byte."""
+    purified set and each victim once, the two victims in two processes; then one process on the same cache
+    finds every artifact under the identity it would have made (nothing is keyed by the number of processes)
+    and writes the same table byte for byte."""
     from collections import Counter
 
     from eclipse.artifacts import read_cache_log
 
     args = ["table", "--profile", "smoke", "--attacks", "urp", "--defenses", "none", "eclipse:A", "--no-reference",
             "--no-progress", "--device", "cpu", "--name", "shared"]
-    for cache in ("cache-one", "cache-two"):   # fresh artifact caches sharing the session's decoded CIFAR-10
-        (tmp_path / cache).mkdir()
-        (tmp_path / cache / "decoded").symlink_to(Path(os.environ["ECLIPSE_CACHE"]) / "decoded", target_is_directory=True)
-    _run_cli(args + ["--out-dir", str(tmp_path / "one")], env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache-one")})
-    log = tmp_path / "log.jsonl"
+    (tmp_path / "cache").mkdir()   # a fresh artifact cache sharing the session's decoded CIFAR-10
+    (tmp_path / "cache" / "decoded").symlink_to(Path(os.environ["ECLIPSE_CACHE"]) / "decoded", target_is_directory=True)
+    shared, single = tmp_path / "torchrun.jsonl", tmp_path / "one.jsonl"
     _run_cli(args + ["--out-dir", str(tmp_path / "two")], nproc=2,
-             env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache-two"), "ECLIPSE_CACHE_LOG": str(log)})
-    assert (tmp_path / "one" / "shared-smoke.csv").read_bytes() == (tmp_path / "two" / "shared-smoke.csv").read_bytes()
-    computed = [e for e in read_cache_log(log) if not e["hit"]]
+             env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache"), "ECLIPSE_CACHE_LOG": str(shared)})
+    computed = [e for e in read_cache_log(shared) if not e["hit"]]
     assert Counter(e["artifact"].split("/")[0] for e in computed) == {"poisons": 1, "diffusion": 1, "purified": 1,
                                                                         "runs": 2}
     assert max(Counter(e["artifact"] for e in computed).values()) == 1      # nothing made twice
     assert len({e["pid"] for e in computed if e["artifact"].startswith("runs/")}) == 2   # one victim per process
     assert not (tmp_path / "two" / "shared-smoke-manifest.json").read_text().count('"processes": 1')
+    _run_cli(args + ["--out-dir", str(tmp_path / "one")],
+             env_extra={"ECLIPSE_CACHE": str(tmp_path / "cache"), "ECLIPSE_CACHE_LOG": str(single)})
+    looked_up = read_cache_log(single)
+    assert {e["artifact"] for e in looked_up} == {e["artifact"] for e in computed}
+    assert all(e["hit"] for e in looked_up), [e["artifact"] for e in looked_up if not e["hit"]]
+    assert (tmp_path / "one" / "shared-smoke.csv").read_bytes() == (tmp_path / "two" / "shared-smoke.csv").read_bytes()
