@@ -153,10 +153,13 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         flat = x.reshape(b, c, -1)
         n = flat.shape[-1]
-        qkv = self.qkv(self.norm(flat)).reshape(b * self.num_heads, -1, n)  # head-major split
-        q, k, v = qkv.chunk(3, dim=1)  # each (B*heads, d, T)
+        # head-major split, laid out (B*heads, T, 3d) in memory: scaled_dot_product_attention takes its fused
+        # kernel only when the feature dimension is contiguous (on 2 CPU cores, 6x faster than the strided
+        # views of (B*heads, 3d, T), which fall back to the unfused path; benchmarks/official_loop.py --profile)
+        qkv = self.qkv(self.norm(flat)).reshape(b * self.num_heads, -1, n).transpose(1, 2).contiguous()
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B*heads, T, d)
         # softmax(q k^T / sqrt(d)) v, i.e. improved-diffusion's d^-1/4 on both q and k
-        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(1, 2).reshape(b, c, n)
         return (flat + self.proj_out(h)).reshape(b, c, *spatial)
 
