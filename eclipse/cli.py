@@ -60,6 +60,29 @@ def _profile_arg(parser: argparse.ArgumentParser, default: str = "quick", seed: 
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                         help="override the victim's precision (quick: bf16, which is emulated and ~7x slower than "
                              "fp32 on CPUs without AVX512-BF16/AMX; results then differ within the seed spread)")
+    _runtime_args(parser)
+
+
+def _runtime_args(parser: argparse.ArgumentParser) -> None:
+    """The UNet's execution switches (:mod:`eclipse.diffusion.runtime`), each off by default."""
+    parser.add_argument("--unet-precision", default=None, choices=["fp32", "bf16"],
+                        help="the diffusion UNet's precision in purification and diffusion training (default fp32, "
+                             "as the official code; bf16: autocast, ~1.6x on CPUs with AMX and on GPUs, emulated and "
+                             "slow on CPUs without AVX512-BF16; purified images then differ by a level or two); "
+                             "keys the artifacts it makes")
+    parser.add_argument("--channels-last", action="store_true", default=None,
+                        help="run the UNet in NHWC (channels_last) memory format (faster convolutions on GPUs and "
+                             "oneDNN CPUs; keys the artifacts it makes)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the UNet (pays a compilation of minutes on first use; worth it for long "
+                             "GPU runs; keys the artifacts it makes)")
+
+
+def _runtime_overrides(args: argparse.Namespace) -> dict:
+    """``--unet-precision``, ``--channels-last``, ``--compile`` as given (UNetRuntime fields)."""
+    return {k: v for k, v in (("precision", getattr(args, "unet_precision", None)),
+                              ("channels_last", getattr(args, "channels_last", None)),
+                              ("compile", getattr(args, "compile", None))) if v is not None}
 
 
 def _profile(args: argparse.Namespace):
@@ -71,6 +94,10 @@ def _profile(args: argparse.Namespace):
         profile = profile.with_overrides(seed=args.seed)
     if getattr(args, "precision", None) is not None:
         profile = profile.with_overrides(victim={"precision": args.precision})
+    runtime = _runtime_overrides(args)
+    if runtime:
+        profile = profile.with_overrides(unet_runtime={**profile.unet_runtime, **runtime})
+        profile.runtime()   # bad settings fail here
     return profile
 
 
@@ -277,7 +304,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
                    processes=distributed.world()[1],
                    **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,
-                                   "diffusion_train": profile.diffusion_train}}
+                                   "diffusion_train": profile.diffusion_train, "unet_runtime": profile.runtime().label()}}
                       if any(d.startswith("eclipse") for d in defenses) else {}))
     print(table.round(2).to_string())
     print("wrote", ", ".join(str(p) for p in paths))
@@ -363,8 +390,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print("eclipse: error: `eclipse reproduce` needs the notebook extras: pip install -e '.[notebooks]'",
               file=sys.stderr)
         return 2
+    from .profiles import RUNTIME_ENV, runtime_env_value
     from .reproduce import reproduce
 
+    if _runtime_overrides(args):
+        os.environ[RUNTIME_ENV] = runtime_env_value(_runtime_overrides(args))
     parameters = parse_parameters(args.parameter)
     summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
                         seed=args.seed or 0, timeout_s=args.timeout, parameters=parameters)
@@ -518,11 +548,12 @@ def cmd_purify(args: argparse.Namespace) -> int:
         part = purify(dataset.images[start:stop], model.to(device), schedule, t_star=profile.t_star,
                       sampler=profile.sampler, steps=profile.sampler_steps, eta=args.eta, seed=args.seed,
                       batch_size=profile.purify_batch_size, resume_dir=resume, device=device, noise=noise,
-                      first_index=start, progress=rank == 0, features=features)
+                      first_index=start, progress=rank == 0, features=features, runtime=profile.runtime())
         images = distributed.gather_rows(part, len(dataset))
     if rank == 0:
         path = save_images(dataset.with_images(images, f"purified({args.input})"), args.out)
-        print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {noise} noise, {device}"
+        print(f"purified {len(dataset)} images (t*={profile.t_star}, {profile.sampler}, {noise} noise, {device}, "
+              f"UNet {profile.runtime().label()}"
               f"{f', {size} processes' if size > 1 else ''}) -> {path} ({time.perf_counter() - started:.0f}s in all)")
     return 0
 
@@ -776,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_int, default=None, help="per-cell timeout in seconds (default: none)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (papermill's -p; VALUE is read as YAML, e.g. -p attacks '[lsp, ar]')")
+    _runtime_args(p)   # handed to the notebooks' kernels as ECLIPSE_UNET_RUNTIME
 
     p = command("cache", cmd_cache, "list, size or clean the artifact cache (ECLIPSE_CACHE)")
     p.add_argument("action", choices=["ls", "du", "clean"], help="ls: entries with readable names; du: sizes; "

@@ -178,6 +178,9 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
     cfg = diffusion_config(profile, **overrides)
     identity = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
     inputs = {"sparse": digest(sparse), "config": identity}
+    runtime = profile.runtime()
+    if runtime.key():   # fp32 eager keys as before
+        inputs["unet_runtime"] = runtime.key()
     from .distributed import world
 
     if world()[1] > 1:
@@ -196,7 +199,7 @@ def diffusion_model(profile: Profile | str, pool: ImageSet | None, *, sparse_siz
 
             atomic_write_bytes(folder / "checkpoint.pt", (start / "checkpoint.pt").read_bytes())
         started.update(tick=time.perf_counter(), start=start)
-        return train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device())
+        return train_diffusion(sparse.images, cfg, folder, progress=progress, device=default_device(), runtime=runtime)
 
     def save(result, folder: Path) -> None:
         from .distributed import world
@@ -261,11 +264,14 @@ def purified_set(dataset: ImageSet, profile: Profile | str, model, schedule, mod
               "seed": profile.seed, "batch": profile.purify_batch_size, "noise": noise}
     if features is not None:
         inputs["features"] = features.key
+    runtime = profile.runtime()
+    if runtime.key():   # fp32 eager keys as before
+        inputs["unet_runtime"] = runtime.key()
 
     def compute(path: Path) -> torch.Tensor:
         return purify(dataset.images, model, schedule, t_star=t_star, sampler=sampler, steps=steps, seed=profile.seed,
                       batch_size=profile.purify_batch_size, resume_dir=path.with_suffix(""), progress=progress,
-                      noise=noise, features=features)
+                      noise=noise, features=features, runtime=runtime)
 
     images, _, _ = cached("purified", inputs, compute, load=safe_torch_load, save=atomic_torch_save,
                           label=f"{sampler}-t{t_star}", suffix=".pt")

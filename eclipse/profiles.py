@@ -5,6 +5,7 @@ the notebooks' grids included (``Profile.grids``, read with :meth:`Profile.grid`
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field, replace
 
 from .registry import Registry
@@ -34,6 +35,9 @@ class Profile:
     unet: dict = field(default_factory=dict)            # UNetConfig fields
     diffusion_train: dict = field(default_factory=dict)  # DiffusionTrainConfig fields
     purify_batch_size: int = 256
+    # UNetRuntime fields (eclipse.diffusion.runtime): bf16 autocast, channels_last, torch.compile for purification
+    # and diffusion training; empty = fp32 eager, what the official code runs (every profile's default)
+    unet_runtime: dict = field(default_factory=dict)
     # ConsistencyConfig fields of the one-step purifier's fine-tuning (sampler "consistency"; not in the paper)
     consistency: dict = field(default_factory=dict)
     gray_p: float = 0.4
@@ -75,6 +79,12 @@ class Profile:
     def defense_settings(self, defense: str) -> dict:
         """The DefenseParams this profile gives ``defense`` over its published settings (usually none)."""
         return dict(self.defense_params.get(defense, {}))
+
+    def runtime(self):
+        """The :class:`~eclipse.diffusion.runtime.UNetRuntime` of ``unet_runtime``."""
+        from .diffusion.runtime import UNetRuntime
+
+        return UNetRuntime.from_dict(self.unet_runtime)
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with some fields changed (``victim`` accepts a dict of TrainConfig fields)."""
@@ -305,8 +315,36 @@ def victim_label(profile: "str | Profile") -> str:
     return f"{profile.name}: {profile.victim.arch}-w{profile.victim.width}, {profile.victim.epochs} epochs, {images} images"
 
 
+# The UNet's execution switches for every profile looked up by name (how `eclipse reproduce --unet-precision bf16
+# --channels-last --compile` reaches the notebooks' kernels, as ECLIPSE_DEVICE carries --device): comma-separated
+# words, e.g. "bf16,channels_last,compile" (see eclipse.diffusion.runtime).
+RUNTIME_ENV = "ECLIPSE_UNET_RUNTIME"
+_RUNTIME_WORDS = {"fp32": ("precision", "fp32"), "bf16": ("precision", "bf16"), "channels_last": ("channels_last", True),
+                  "compile": ("compile", True)}
+
+
+def runtime_env_value(runtime: dict) -> str:
+    """``{"precision": "bf16", "compile": True}`` -> ``"bf16,compile"`` (the RUNTIME_ENV spelling)."""
+    words = [word for word, (key, value) in _RUNTIME_WORDS.items() if runtime.get(key) == value]
+    return ",".join(words)
+
+
+def _runtime_from_env() -> dict:
+    text = os.environ.get(RUNTIME_ENV, "").strip()
+    runtime: dict = {}
+    for word in filter(None, (w.strip() for w in text.split(","))):
+        if word not in _RUNTIME_WORDS:
+            raise ValueError(f"{RUNTIME_ENV}={text!r}: unknown switch {word!r}; use {', '.join(_RUNTIME_WORDS)}")
+        key, value = _RUNTIME_WORDS[word]
+        runtime[key] = value
+    return runtime
+
+
 def get_profile(name: str | Profile) -> Profile:
-    """A profile by name (see ``PROFILES``); a Profile passes through."""
+    """A profile by name (see ``PROFILES``), with the UNet switches of ``ECLIPSE_UNET_RUNTIME`` when set; a Profile
+    passes through."""
     if isinstance(name, Profile):
         return name
-    return PROFILES[name]
+    profile = PROFILES[name]
+    runtime = _runtime_from_env()
+    return profile.with_overrides(unet_runtime={**profile.unet_runtime, **runtime}) if runtime else profile

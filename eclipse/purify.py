@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import samplers as S
 from .diffusion.gaussian import Model, PerImageNoise, forward_noise, to_model_range, to_uint8
+from .diffusion.runtime import UNetRuntime, prepare_unet
 from .diffusion.schedule import NoiseSchedule
 from .diffusion.selection import FeatureMap
 from .storage import atomic_torch_save, atomic_write_json, config_key, safe_torch_load, tensor_hash
@@ -76,8 +77,12 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
            sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0, seed: int,
            batch_size: int, resume_dir: str | os.PathLike | None = None, progress: bool = True,
            device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
-           noise: str = "official", first_index: int = 0, features: FeatureMap | None = None) -> torch.Tensor:
+           noise: str = "official", first_index: int = 0, features: FeatureMap | None = None,
+           runtime: UNetRuntime | None = None) -> torch.Tensor:
     """Purify a uint8 (N,3,H,W) set; returns uint8 in input order.
+
+    ``runtime``: the UNet's precision, memory format and compilation (:mod:`eclipse.diffusion.runtime`; default
+    fp32 eager), part of the resume identity; give it or ``autocast_dtype``, not both.
 
     ``features``: the feature map of a sampler that chooses among candidates (``elixir``; without one it
     compares pixels only), part of the resume identity.
@@ -102,14 +107,21 @@ def purify(images_uint8: torch.Tensor, model: Model, schedule: NoiseSchedule, *,
     starts = list(range(0, n, batch_size))
     folder = Path(resume_dir) if resume_dir is not None else None
     S.SamplerOptions(steps=steps, eta=eta)  # bad settings fail before any work
+    if runtime is not None and autocast_dtype is not None:
+        raise ValueError("give the UNet's precision once: runtime or autocast_dtype, not both")
+    runtime = runtime or UNetRuntime()
+    autocast_dtype = autocast_dtype or runtime.autocast_dtype
     manifest = dict(n=n, shape=list(images.shape), images=tensor_hash(images), t_star=t_star,
                     sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
                     model=_model_fingerprint(model) if folder is not None else "-", betas=tensor_hash(schedule.betas),
                     device=device.type, autocast=str(autocast_dtype), noise=noise, first_index=first_index)
     if features is not None:
         manifest["features"] = features.key
+    if runtime.key():
+        manifest["runtime"] = runtime.key()
     if folder is not None:
         _check_manifest(folder, manifest)
+    model = prepare_unet(model, runtime) if isinstance(model, torch.nn.Module) else model
     run_key = config_key(manifest)
     out = torch.empty_like(images)
     for ci, start in enumerate(tqdm(starts, disable=not progress, desc=f"purify t*={t_star} {sampler}")):

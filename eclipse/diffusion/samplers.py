@@ -94,10 +94,12 @@ def network_evaluations(sampler: str, t_star: int, steps: int | None = None) -> 
 def _model_output(model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor,
                   autocast_dtype: torch.dtype | None) -> torch.Tensor:
     ts = G.model_timesteps(schedule, t)
+    # contiguous: a channels_last network's output would otherwise carry its layout into x, and randn_like(x) would
+    # place the same draws elsewhere (the official code's noise follows NCHW)
     if autocast_dtype is None:
-        return model(x, ts).float()
+        return model(x, ts).float().contiguous()
     with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
-        return model(x, ts).float()
+        return model(x, ts).float().contiguous()
 
 
 def _steps(t_start: int, progress: bool, desc: str):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ from ..storage import tensor_hash
 from ..validation import check_images
 from .checkpoints import DiffusionSettings, load_checkpoint, save_checkpoint, schedule_from_settings
 from .gaussian import to_model_range, training_losses
+from .runtime import UNetRuntime, prepare_unet
 from .unet import UNetConfig, UNetModel, build_unet
 
 ENLARGEMENTS = ("replicate", "crop", "flip", "rotation", "mixup")
@@ -168,17 +169,32 @@ def _compatible(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [k for k in current if k not in free and saved.get(k) != current[k]]
 
 
+def _autocast(net: Callable, dtype: torch.dtype | None, device_type: str) -> Callable:
+    """``net`` with its forward pass under autocast to ``dtype`` and a float32 output (the loss stays fp32)."""
+    if dtype is None:
+        return net
+
+    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return net(x, t).float()
+    return forward
+
+
 def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: str | os.PathLike, *,
                     device: torch.device | str | None = None, progress: bool = True,
-                    on_step: Callable[[int, UNetModel], None] | None = None) -> TrainResult:
+                    on_step: Callable[[int, UNetModel], None] | None = None,
+                    runtime: UNetRuntime | None = None) -> TrainResult:
     """Train (or resume training of) a diffusion model on the sparse set ``images`` (uint8, N,3,H,W).
 
     Checkpoints go to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end;
     a rerun with the same data and config (``iterations`` may grow) resumes from it. A non-finite
     loss raises ``FloatingPointError`` and leaves the last good checkpoint in place. ``on_step``
-    is called after each optimiser step with (step, model).
+    is called after each optimiser step with (step, model). ``runtime``: the UNet's precision (bf16 autocast of
+    the forward pass), memory format and compilation (:mod:`eclipse.diffusion.runtime`; default fp32 eager); a
+    checkpoint resumes only under the runtime it was trained with.
     """
     check_images(images, channels=None)
+    runtime = runtime or UNetRuntime()
     if images.shape[-1] != cfg.unet.image_size:
         raise ValueError(f"images are {images.shape[-1]} px but unet.image_size={cfg.unet.image_size}")
     device = torch.device(device) if device is not None else default_device()
@@ -198,7 +214,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)  # model init and dropout draw from the (forked) global stream
-        model = build_unet(cfg.unet).to(device)
+        model = prepare_unet(build_unet(cfg.unet).to(device), replace(runtime, compile=False), inplace=True)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         params = list(model.parameters())
         ema = [p.detach().clone() for p in params]
@@ -208,6 +224,8 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             ck = load_checkpoint(ckpt_path)
             extra = ck["extra"]
             bad = _compatible(extra.get("train_config", {}), cfg_dict)
+            if extra.get("unet_runtime", {}) != runtime.key():
+                bad = bad + [f"UNet runtime {extra.get('unet_runtime', {}) or 'fp32'} (now {runtime.label()})"]
             if extra.get("world_size", 1) != world_size:
                 bad = bad + [f"world size {extra.get('world_size', 1)} (now {world_size}: another global batch)"]
             if bad or extra.get("images") != fingerprint:
@@ -227,7 +245,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             if rank != 0:
                 return
             extra = {
-                "train_config": cfg_dict, "world_size": world_size, "images": fingerprint, "perm": perm, "pos": pos,
+                "train_config": cfg_dict, "unet_runtime": runtime.key(), "world_size": world_size, "images": fingerprint, "perm": perm, "pos": pos,
                 "losses": losses,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -238,6 +256,7 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
 
         model.train()
         net = torch.nn.parallel.DistributedDataParallel(model) if parallel else model
+        net = _autocast(torch.compile(net) if runtime.compile else net, runtime.autocast_dtype, device.type)
         mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)   # this rank's part of the global batch
         bar = tqdm(total=cfg.iterations, initial=min(step, cfg.iterations), disable=not progress or rank != 0,
                    desc="diffusion")
