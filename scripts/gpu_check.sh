@@ -2,8 +2,9 @@
 # The prepared GPU check (issue 17): one short run on a lent GPU machine (the `device` tool), results in $OUT.
 #   run: bash scripts/gpu_check.sh        (timeout_s ~540; about 6-8 min on one H200)
 # 1. the package's CUDA path: per-image purification equal at two batch sizes on CUDA, a victim epoch on the
-#    device, torchrun with one process per GPU; 2. purification speed of the paper's 52.5M UNet: fp32 vs bf16,
-#    eager vs compiled, channels_last; 3. victim training throughput on the device.
+#    device; 2. the paper's 52.5M UNet under each switch (fp32 vs bf16, channels_last, compiled): purification
+#    and diffusion training throughput, the physical floor at PEAK_TFLOPS (default 989, H100/H200 bf16 dense)
+#    and the projected paper purification of 50,000 images x 100 steps; CSV in $OUT (copy it to figures/).
 # Not yet run on a GPU (none was lent so far): read its log before trusting a number.
 set -uo pipefail
 OUT=${OUT:-gpu-check-out}
@@ -33,9 +34,7 @@ PY
 log "1b. a quick victim on CUDA (10,000 images, 20 epochs, bf16)"
 timeout 240 python -m eclipse train --profile quick --device cuda --out "$OUT/victim-quick.json" 2>&1 | tail -12 \
   | tee -a "$OUT/log.txt"
-log "2. purification throughput, the paper's UNet, 256 images, t* = 100"
-for flags in "--dtype fp32" "--dtype bf16" "--dtype bf16 --channels-last" "--dtype bf16 --channels-last --compile"; do
-  timeout 150 python benchmarks/purify.py --paper --device cuda --n 256 --t-star 100 --samplers ancestral,one_shot \
-    --repeats 2 $flags 2>&1 | tail -4 | sed "s/^/[$flags] /" | tee -a "$OUT/log.txt"
-done
+log "2. the paper UNet's switches in one run: purification and diffusion training, fp32 / channels_last / bf16 / both / compiled"
+timeout 300 python benchmarks/unet_switches.py --paper --device cuda --n 256 --t-star 20 --batch 128 --train-steps 10 \
+  --compile --peak-tflops "${PEAK_TFLOPS:-989}" --csv "$OUT/unet-switches-gpu.csv" 2>&1 | tail -12 | tee -a "$OUT/log.txt"
 log "done"

@@ -110,15 +110,18 @@ def test_sigkill_then_rerun_equals_uninterrupted(images, baseline, tmp_path):
     assert _same_weights(resumed.ema.state_dict(), baseline.ema.state_dict())
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(images, tmp_path):
+@pytest.mark.parametrize("every", [1, 2])
+def test_nan_loss_stops_and_keeps_last_checkpoint(images, tmp_path, every):
+    """The losses are read before each checkpoint (every 2 steps: steps 3 and 4 together), so a NaN from step 3 on
+    is named at its own step and the checkpoint of step 2 is the one kept."""
     def poison(step, model):
         if step == 2:  # from step 3 on the network outputs NaN
             model.out.register_forward_hook(lambda mod, inp, out: out * float("nan"))
 
-    with pytest.raises(FloatingPointError, match=r"non-finite loss.*step 3.*last good checkpoint"):
-        train_diffusion(images, _cfg(6, checkpoint_every=1), tmp_path, device="cpu", progress=False, on_step=poison)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss.*step 3;.*last good checkpoint"):
+        train_diffusion(images, _cfg(6, checkpoint_every=every), tmp_path, device="cpu", progress=False, on_step=poison)
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert ck["step"] == 2
+    assert ck["step"] == 2 and len(ck["extra"]["losses"]) == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
 
 

@@ -39,3 +39,18 @@ def test_victim_seed_spread_smoke(tmp_path):
     manifest = json.loads((tmp_path / "spread-manifest.json").read_text())
     assert manifest["victim_seeds"] == [0, 1] and manifest["profile"] == "smoke"
     assert shlex.split(manifest["command"])[2:] == argv  # the manifest's command reruns this exact run
+
+
+def test_unet_switches_benchmark_measures_every_switch_set_in_one_run(tmp_path):
+    """benchmarks/unet_switches.py (tiny sizes): one row per switch set, fp32 the reference, and the CSV."""
+    spec = importlib.util.spec_from_file_location("unet_switches", SCRIPTS.parent / "benchmarks" / "unet_switches.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--n", "2", "--t-star", "1", "--batch", "2", "--train-steps", "1", "--peak-tflops", "1",
+                       "--csv", str(tmp_path / "switches.csv")])
+    assert [r["switches"] for r in rows] == ["fp32", "channels_last=True", "precision=bf16",
+                                             "precision=bf16, channels_last=True"]
+    assert rows[0]["purify_vs_fp32"] == rows[0]["train_vs_fp32"] == 1.0
+    assert all(r["purify_img_evals_per_s"] > 0 and r["train_it_per_s"] > 0 for r in rows)
+    saved = pd.read_csv(tmp_path / "switches.csv")
+    assert len(saved) == 4 and saved["gflop_per_eval"].iloc[0] > 0.1   # the quick UNet: ~0.5 GFLOP per image

@@ -169,6 +169,9 @@ def _compatible(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [k for k in current if k not in free and saved.get(k) != current[k]]
 
 
+LOSS_WINDOW = 100   # training steps whose losses are read from the device at once
+
+
 def _autocast(net: Callable, dtype: torch.dtype | None, device_type: str) -> Callable:
     """``net`` with its forward pass under autocast to ``dtype`` and a float32 output (the loss stays fp32)."""
     if dtype is None:
@@ -188,7 +191,8 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
 
     Checkpoints go to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end;
     a rerun with the same data and config (``iterations`` may grow) resumes from it. A non-finite
-    loss raises ``FloatingPointError`` and leaves the last good checkpoint in place. ``on_step``
+    loss raises ``FloatingPointError`` (naming its step; losses are read from the device before each checkpoint and
+    every ``LOSS_WINDOW`` steps) and leaves the last good checkpoint in place. ``on_step``
     is called after each optimiser step with (step, model). ``runtime``: the UNet's precision (bf16 autocast of
     the forward pass), memory format and compilation (:mod:`eclipse.diffusion.runtime`; default fp32 eager); a
     checkpoint resumes only under the runtime it was trained with.
@@ -254,6 +258,29 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
                             unet_config=cfg.unet, diffusion=cfg.diffusion, step=step,
                             optimizer=opt.state_dict(), extra=extra)
 
+        # The per-step losses stay on the device and are read LOSS_WINDOW steps at a time (and before each
+        # checkpoint): one host sync, and under DDP one all-reduce, per window instead of per step.
+        pending: list[torch.Tensor] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            window = torch.stack(pending)
+            if parallel:   # the global batch's mean loss, the number one process would log
+                torch.distributed.all_reduce(window)
+                window = window / world_size
+            values, first = window.tolist(), step - len(pending) + 1
+            pending.clear()
+            for offset, value in enumerate(values):
+                if not math.isfinite(value):
+                    bar.close()
+                    where = (f"last good checkpoint kept at {ckpt_path}" if ckpt_path.exists()
+                             else "no checkpoint written yet")
+                    raise FloatingPointError(f"diffusion training: non-finite loss ({value}) at step {first + offset}; "
+                                             f"{where}")
+            losses.extend(values)
+            bar.set_postfix(loss=round(values[-1], 4))
+
         model.train()
         net = torch.nn.parallel.DistributedDataParallel(model) if parallel else model
         net = _autocast(torch.compile(net) if runtime.compile else net, runtime.autocast_dtype, device.type)
@@ -266,26 +293,21 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             noise = torch.randn((len(idx), *data.shape[1:]), generator=gen)
             x0, t, noise = data[idx[mine].to(device)], t[mine].to(device), noise[mine].to(device)
             loss = training_losses(net, schedule, x0, t, noise)["loss"].mean()
-            if not torch.isfinite(loss):
-                bar.close()
-                where = f"last good checkpoint kept at {ckpt_path}" if ckpt_path.exists() else "no checkpoint written yet"
-                raise FloatingPointError(f"diffusion training: non-finite loss ({loss.item()}) at step {step + 1}; "
-                                         f"{where}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             _update_ema(ema, params, cfg.ema_rate)
             step += 1
-            if parallel:   # the global batch's mean loss, the number one process would log
-                loss = loss.detach().clone()
-                torch.distributed.all_reduce(loss)
-                loss = loss / world_size
-            losses.append(float(loss.detach()))
+            pending.append(loss.detach())
             bar.update(1)
             if on_step is not None:
                 on_step(step, model)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                flush()   # a checkpoint is written only after every loss before it was read and found finite
                 save()
+            elif len(pending) >= LOSS_WINDOW:
+                flush()
+        flush()
         bar.close()
         if not ckpt_path.exists():
             save()
