@@ -3,8 +3,8 @@ diffusion training (the package's ``train_diffusion`` loop: AdamW, EMA, checkpoi
 channels_last, bf16 and bf16 + channels_last (and the last compiled, with ``--compile``), as ratios to fp32 eager, with
 the achieved FLOP rate and the physical floor (FLOPs per network evaluation x evaluations / the device's peak).
 
-    python benchmarks/unet_switches.py                                    # quick UNet, CPU, ~2 min on 2 cores
-    python benchmarks/unet_switches.py --paper --n 8 --t-star 3 --train-steps 3        # paper UNet, CPU (~3 min)
+    python benchmarks/unet_switches.py                                    # quick UNet, CPU, ~30 s on 2 cores
+    python benchmarks/unet_switches.py --paper --n 8 --t-star 3 --train-steps 3        # paper UNet, CPU (~1.5 min)
     python benchmarks/unet_switches.py --paper --device cuda --n 256 --t-star 20 --batch 128 --compile \\
         --peak-tflops 989 --csv figures/unet-switches-gpu.csv            # one H100/H200 (bf16 dense peak)
 

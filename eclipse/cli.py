@@ -67,15 +67,16 @@ def _runtime_args(parser: argparse.ArgumentParser) -> None:
     """The UNet's execution switches (:mod:`eclipse.diffusion.runtime`), each off by default."""
     parser.add_argument("--unet-precision", default=None, choices=["fp32", "bf16"],
                         help="the diffusion UNet's precision in purification and diffusion training (default fp32, "
-                             "as the official code; bf16: autocast, ~1.6x on CPUs with AMX and on GPUs, emulated and "
-                             "slow on CPUs without AVX512-BF16; purified images then differ by a level or two); "
+                             "as the official code; bf16: autocast, ~1.8x in purification measured on a 2-core AMX CPU, "
+                             "emulated and slow on CPUs without AVX512-BF16; purified images then differ by a level "
+                             "or two); "
                              "keys the artifacts it makes")
     parser.add_argument("--channels-last", action="store_true", default=None,
-                        help="run the UNet in NHWC (channels_last) memory format (faster convolutions on GPUs and "
-                             "oneDNN CPUs; keys the artifacts it makes)")
+                        help="run the UNet in NHWC (channels_last) memory format (within the noise on a 2-core CPU, "
+                             "measured; meant for GPUs' convolutions; keys the artifacts it makes)")
     parser.add_argument("--compile", action="store_true", default=None,
-                        help="torch.compile the UNet (pays a compilation of minutes on first use; worth it for long "
-                             "GPU runs; keys the artifacts it makes)")
+                        help="torch.compile the UNet (a compilation on first use: ~40 s for the quick UNet on 2 CPU cores; no "
+                             "gain measured there; keys the artifacts it makes)")
 
 
 def _runtime_overrides(args: argparse.Namespace) -> dict:
@@ -393,8 +394,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .profiles import RUNTIME_ENV, runtime_env_value
     from .reproduce import reproduce
 
-    if _runtime_overrides(args):
-        os.environ[RUNTIME_ENV] = runtime_env_value(_runtime_overrides(args))
+    runtime = _runtime_overrides(args)
+    if runtime:
+        os.environ[RUNTIME_ENV] = runtime_env_value(runtime)
     parameters = parse_parameters(args.parameter)
     summary = reproduce(args.profile, only=args.only, run_dir=args.run_dir, figures_dir=args.figures_dir,
                         seed=args.seed or 0, timeout_s=args.timeout, parameters=parameters)

@@ -4,7 +4,7 @@ Each is a switch (``--unet-precision``, ``--channels-last``, ``--compile`` on ev
 ``Profile.unet_runtime``), off by default: fp32 eager NCHW is what the official code runs, and what the
 conformance tests check. bf16 changes the numbers (purified images within a level or two), so it keys every
 artifact it makes; channels_last and compile leave the arithmetic to other kernels and are keyed too (a cache hit
-never stands for another computation). Measured effect: ``benchmarks/purify.py`` and ``figures/benchmarks-cpu.md``.
+never stands for another computation). Measured effect: ``benchmarks/unet_switches.py`` and ``figures/benchmarks-cpu.md``.
 """
 from __future__ import annotations
 

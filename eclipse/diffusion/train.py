@@ -249,8 +249,8 @@ def train_diffusion(images: torch.Tensor, cfg: DiffusionTrainConfig, out_dir: st
             if rank != 0:
                 return
             extra = {
-                "train_config": cfg_dict, "unet_runtime": runtime.key(), "world_size": world_size, "images": fingerprint, "perm": perm, "pos": pos,
-                "losses": losses,
+                "train_config": cfg_dict, "unet_runtime": runtime.key(), "world_size": world_size,
+                "images": fingerprint, "perm": perm, "pos": pos, "losses": losses,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
