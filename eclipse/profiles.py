@@ -214,12 +214,13 @@ QUICK = Profile(
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
         residuals=dict(n_images=200, attacks=_QUICK_POISONS),
         # notebook 08: 100 ancestral steps at t* = 200 would take ~3 h a poison here (README's sampler table);
-        # 70 sweep victims (~2 min each) + the consistency fine-tuning: ~2.8 h cold (estimated, not yet run)
+        # 70 sweep victims: 2.2 h cold projected (benchmarks/reproduce_cost.py); URP + LSP alone measured 73 min
+        # cold (figures/README.md, 2026-12-05). AR does not poison the 5,000-image sweep victim (purifiers-ar-quick.md)
         purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
                        purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "elixir-3",
                                   "masked-2"]),
     ),
-    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 8 h cold with EM, REM, TAP, SEP and notebook 08, estimated)",
+    description="2 CPU cores: 10,000 images, ResNet-18 width 16 for 20 epochs, a 32-channel UNet (about 5-6 h cold, projected by benchmarks/reproduce_cost.py)",
 )
 
 SMOKE = Profile(

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 17): one short run on a lent GPU machine (the `device` tool), results in $OUT.
-#   run: bash scripts/gpu_check.sh        (timeout_s ~540; about 6-8 min on one H200)
+#   run: bash scripts/gpu_check.sh        (timeout_s ~540; about 6-8 min on one H200 for sections 1-2)
+#   section 3 (the paper reproduction's projected wall time, benchmarks/reproduce_cost.py; not yet timed on a GPU)
+#   can run alone in a second call if the first one runs out of time.
 # 1. the package's CUDA path: per-image purification equal at two batch sizes on CUDA, a victim epoch on the
 #    device; 2. the paper's 52.5M UNet under each switch (fp32 vs bf16, channels_last, compiled): purification
 #    and diffusion training throughput, the physical floor at PEAK_TFLOPS (default 989, H100/H200 bf16 dense)
@@ -37,4 +39,7 @@ timeout 240 python -m eclipse train --profile quick --device cuda --out "$OUT/vi
 log "2. the paper UNet's switches in one run: purification and diffusion training, fp32 / channels_last / bf16 / both / compiled"
 timeout 300 python benchmarks/unet_switches.py --paper --device cuda --n 256 --t-star 20 --batch 128 --train-steps 10 \
   --compile --peak-tflops "${PEAK_TFLOPS:-989}" --csv "$OUT/unet-switches-gpu.csv" 2>&1 | tail -12 | tee -a "$OUT/log.txt"
+log "3. the projected wall time of eclipse reproduce --profile paper on this GPU and on 8 (rates measured here)"
+timeout 300 python benchmarks/reproduce_cost.py --profile paper --device cuda --devices 1 8 \
+  --csv "$OUT/reproduce-cost-paper-gpu.csv" 2>&1 | tail -40 | tee -a "$OUT/log.txt"
 log "done"

@@ -550,6 +550,12 @@ NOTEBOOK_WORK = {
 }
 
 
+# What the measured cold run (manifest-quick-cold.json) covered, and what the grids gained after it: the
+# timing table says so, so that its wall times are not read as today's.
+COLD_RUN_POISONS = ("URP", "LSP", "AR", "OPS")
+ADDED_SINCE_COLD_RUN = ("EM", "REM", "TAP", "SEP")
+
+
 # Sampler benchmarks: (CSV, the compensation p it was run at; t* comes from the CSV's manifest).
 SAMPLER_RUNS = [("quick-sampler-accuracy.csv", "p = 0.8"), ("quick-sampler-accuracy-t100-p04.csv", "p = 0.4")]
 
@@ -581,9 +587,12 @@ def timings_block(figures: Path = FIGURES) -> str:
     rows.append(["total", str(victims), "", "",
                  _duration(cold["wall_time_s"]) + " (`figures/manifest-quick-cold.json`)",
                  _duration(warm["wall_time_s"]) + " (`figures/manifest-quick-warm-rerun.json`)"])
+    finished = max(inv["finished"] for inv in cold.get("invocations", [{"finished": "?"}]))[:10]
     head = (f"`eclipse reproduce --profile quick` on {machine.get('cpu_count', '?')} CPU cores, no GPU "
             f"(one empty `ECLIPSE_CACHE`; torch {machine.get('torch', '?')}); the cached rerun rewrote every "
-            f"figure byte for byte:")
+            f"figure byte for byte. Measured {finished} on the grids of that day ({', '.join(COLD_RUN_POISONS)} "
+            f"only, notebook 08 not yet in it); today's grids add {', '.join(ADDED_SINCE_COLD_RUN)} (each crafted "
+            f"once) and notebook 08, and a cold run of them has not been timed yet:")
     table = _table(["notebook", "new victims", "purifications", "diffusion training", "cold run (measured)",
                     "second run, cached"], rows)
     samplers = []
