@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # unet_switches
 
 from eclipse.plan import Rates, plan, price, project  # noqa: E402
 from eclipse.profiles import get_profile  # noqa: E402
@@ -106,23 +107,15 @@ def unet_eval_rate(profile, n: int, steps: int, device: torch.device) -> float:
 
 
 def diffusion_rate(profile, steps: int, device: torch.device) -> float:
-    """Training iterations/s of the profile's diffusion recipe (``on_step`` stamps after two warm-up steps)."""
-    from eclipse.experiments import diffusion_config
-    from eclipse.diffusion.train import train_diffusion
+    """Training iterations/s of the profile's UNet at its diffusion batch (``unet_switches.time_training``)."""
+    from argparse import Namespace
 
-    from dataclasses import replace
+    from eclipse.diffusion.unet import UNetConfig
+    from unet_switches import time_training
 
-    cfg = replace(diffusion_config(profile, iterations=steps + 2, replicas=0), checkpoint_every=10 ** 9)
-    images = torch.randint(0, 256, (cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
-    stamps: list[float] = []
-
-    def on_step(step: int, model) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as folder:
-        train_diffusion(images, cfg, folder, device=device, progress=False, on_step=on_step, runtime=profile.runtime())
-    return (len(stamps) - 2) / (stamps[-1] - stamps[1])
+    batch = int(profile.diffusion_train.get("batch_size", 128))
+    return 1 / time_training(UNetConfig(**profile.unet), profile.runtime(),
+                             Namespace(batch=batch, train_steps=steps, seed=0), device)
 
 
 def consistency_rate(profile, steps: int, device: torch.device) -> float:

@@ -22,8 +22,6 @@ import pandas as pd
 from .profiles import Profile, get_profile, sweep_profile
 from .registry import Registry
 
-KINDS = ("poisons", "diffusion", "consistency", "purified", "runs")
-"""Artifact kinds of :mod:`eclipse.experiments` (the cache's folder names), in the order a grid computes them."""
 STAGE = {"poisons": 0, "diffusion": 0, "consistency": 0, "purified": 1, "runs": 2}
 """The stage of a shared grid (``torchrun ... table``): poisons and models, then purified sets, then victims."""
 
@@ -89,12 +87,10 @@ class Planner:
         return DataId(f"{attack}({clean.name})", clean.n)
 
     def diffusion(self, p: Profile, *, sparse: DataId | None = None, replicas: int | None = None,
-                  **overrides) -> str:
+                  sparse_size: int | None = None, **overrides) -> str:
         """``diffusion_model(p, pool, ...)``; a longer run continues the longest shorter one of its lineage."""
         train = {**p.diffusion_train, **overrides}
-        sparse_size = overrides.pop("sparse_size", None) or p.sparse_size
-        train.pop("sparse_size", None)
-        data = sparse.name if sparse is not None else f"sparse{sparse_size}"
+        data = sparse.name if sparse is not None else f"sparse{sparse_size or p.sparse_size}"
         lineage = (data, p.replicas if replicas is None else replicas, train.get("enlargement", "replicate"),
                    _frozen({k: v for k, v in train.items() if k not in ("iterations", "enlargement")}),
                    _frozen(p.unet), p.diffusion_steps, p.seed, _frozen(p.unet_runtime))
