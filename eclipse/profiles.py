@@ -127,7 +127,7 @@ PAPER = Profile(
                              t_stars=[50, 100, 150]),
         residuals=dict(n_images=1000, attacks=_PAPER_POISONS),
         # notebook 08 (issue 18; not in the paper): purifiers as "sampler" or "sampler-steps"
-        purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
+        purifiers=dict(attacks=["urp", "lsp", "ar", "em", "tap", "sep"], modules=["A", "A+B+C"],
                        purifiers=["ancestral", "respaced-10", "ddim-10", "one_shot", "consistency", "chained-3",
                                   "elixir-5", "masked-10"]),
     ),
@@ -187,7 +187,9 @@ QUICK = Profile(
     unet=dict(num_channels=32, num_res_blocks=1, attention_resolutions="16", num_heads=4, dropout=0.0,
               channel_mult=(1, 2, 2)),
     diffusion_train=dict(iterations=1200, batch_size=64, lr=2e-4, ema_rate=0.999, t_max=200),
-    purify_batch_size=500,
+    # 100, not 500: on the 2-core CPU the quick UNet evaluates 351 images/s at batch 100, 206 at 250 and 135-153 at
+    # 500 (respaced-4 on 1,000 images, 2026-12-05); the batch sets the official noise mode's chunk seeds
+    purify_batch_size=100,
     # the one-step consistency purifier (issue 18, not in the paper): 600 fine-tuning steps of batch 64 (856 s measured
     # 2026-12-03 on 2 cores; loss 2.80 -> 2.28, first and last 20 steps)
     consistency=dict(iterations=600, batch_size=64),
@@ -213,10 +215,10 @@ QUICK = Profile(
         hyperparameters=dict(attacks={"p": ["lsp", "sep"], "sigma": ["lsp", "sep"], "t*": ["urp"]}, gray_ps=[0.1, 0.4, 0.8],
                              sigmas=[0.025, 0.05, 0.1], t_stars=[100, 150, 200]),
         residuals=dict(n_images=200, attacks=_QUICK_POISONS),
-        # notebook 08: 100 ancestral steps at t* = 200 would take ~3 h a poison here (README's sampler table);
-        # 70 sweep victims: 2.2 h cold projected (benchmarks/reproduce_cost.py); URP + LSP alone measured 73 min
-        # cold (figures/README.md, 2026-12-05). AR does not poison the 5,000-image sweep victim (purifiers-ar-quick.md)
-        purifiers=dict(attacks=["urp", "lsp", "ar", "em", "sep"], modules=["A", "A+B+C"],
+        # notebook 08: 100 ancestral steps at t* = 200 would take ~3 h a poison here (README's sampler table).
+        # AR does not poison the 5,000-image sweep victim (figures/purifiers-ar-quick.md), so TAP stands for the
+        # fragile high-frequency family beside URP; EM and SEP are the model-based poisons A alone fails in the paper
+        purifiers=dict(attacks=["urp", "lsp", "em", "tap", "sep"], modules=["A", "A+B+C"],
                        purifiers=["respaced-4", "ddim-4", "one_shot", "consistency", "chained-3", "elixir-3",
                                   "masked-2"]),
     ),

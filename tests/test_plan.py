@@ -24,8 +24,8 @@ def test_the_plan_lists_what_the_grids_compute(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_LOG_ENV, str(tmp_path / "log.jsonl"))
     smoke = get_profile("smoke")
     sweeps.sparse_diffusion_sweeps(smoke)
-    # not chained-2 beside elixir-2: at K = 2 rounds elixir's 0.8-quantile choice is the farthest candidate, the
-    # last round, so both give the same images and the cache trains one victim for the two (content, not plan)
+    # four purifiers of different kinds: one-step, fine-tuned one-step, harvested rounds with a feature classifier,
+    # masked regeneration
     purifiers = ["one_shot", "consistency", "elixir-2", "masked-2"]
     sweeps.purifier_comparison(smoke, purifiers=purifiers, log=None)
     sweeps.accuracy_grid(smoke, ["urp", "clean"], ["none", "avatar", "eclipse:A"], log=None)

@@ -204,9 +204,11 @@ def test_elixir_distance_grows_with_the_change_and_uses_the_features():
     assert torch.all(with_features != pixel_only)
 
 
-def test_elixir_picks_among_the_chained_rounds_at_the_quantile(tmp_path):
-    """The elixir sampler returns, per image, one of the chained rounds' estimates (the same noise draws), the
-    one whose distance to the input ranks floor(0.8 K); with a feature map the choice can change."""
+def test_elixir_picks_among_every_steps_x0_prediction_at_the_quantile(tmp_path):
+    """The elixir sampler harvests the x0 prediction of every step of its chained respaced rounds (K = 4 a round)
+    and returns, per image, the candidate whose distance to the input ranks floor(0.8 K): not the last round's
+    output (the defect it had: one candidate a round made rank floor(0.8 K) the farthest, the chained result),
+    and a feature map can change the choice."""
     from eclipse.diffusion import samplers as S
     from eclipse.diffusion.gaussian import forward_noise
     from eclipse.diffusion.schedule import make_schedule
@@ -220,19 +222,21 @@ def test_elixir_picks_among_the_chained_rounds_at_the_quantile(tmp_path):
     gen = torch.Generator().manual_seed(3)
     x0 = torch.rand(6, 3, 32, 32, generator=gen) * 2 - 1
     x_t = forward_noise(schedule, x0, 40, torch.Generator().manual_seed(4))
-    rounds = []
-    S.chained(model, schedule, x_t, 39, torch.Generator().manual_seed(5),
-              S.SamplerOptions(steps=5, callback=lambda s: rounds.append(s["x"].clone())))
-    stacked = torch.stack(rounds)
-    out = S.elixir(model, schedule, x_t, 39, torch.Generator().manual_seed(5), S.SamplerOptions(steps=5, x0=x0))
+    states = []
+    out = S.elixir(model, schedule, x_t, 39, torch.Generator().manual_seed(5),
+                   S.SamplerOptions(steps=2, x0=x0, callback=lambda s: states.append(s)))
+    k = 2 * S.ELIXIR_ROUND_STEPS
+    assert len(states) == k == S.network_evaluations("elixir", 40, 2)
+    stacked = torch.stack([s["pred_xstart"] for s in states])
     d = elixir_distance(stacked, x0)
     for i in range(len(x0)):
-        j = [j for j in range(5) if torch.equal(stacked[j, i], out[i])]
-        assert j and int((d[:, i] < d[j[0], i]).sum()) == 4
+        j = [j for j in range(k) if torch.equal(stacked[j, i], out[i])]
+        assert j and int((d[:, i] < d[j[0], i]).sum()) == int(0.8 * k)
+    assert not torch.equal(out, states[-1]["x"])     # the last round's output: what chained would return
     features = lambda images: images.flatten(1)[:, :64] + 2.0     # noqa: E731
     with_features = S.elixir(model, schedule, x_t, 39, torch.Generator().manual_seed(5),
-                             S.SamplerOptions(steps=5, x0=x0, features=features))
-    assert all(any(torch.equal(stacked[j, i], with_features[i]) for j in range(5)) for i in range(len(x0)))
+                             S.SamplerOptions(steps=2, x0=x0, features=features))
+    assert all(any(torch.equal(stacked[j, i], with_features[i]) for j in range(k)) for i in range(len(x0)))
     with pytest.raises(ValueError, match="options.x0"):
         S.elixir(model, schedule, x_t, 39, None, S.SamplerOptions(steps=2))
 

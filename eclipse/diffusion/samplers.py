@@ -229,37 +229,51 @@ def chained(model: Model, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: i
     return x0_hat
 
 
-ELIXIR_ROUNDS = 5   # rounds of `elixir` when --steps is not given (DataElixir's rounds_n)
+ELIXIR_ROUNDS = 5        # rounds of `elixir` when --steps is not given (DataElixir's rounds_n)
+ELIXIR_ROUND_STEPS = 4   # reverse steps a round, each one's x0 prediction harvested (DataElixir: 150 steps, the
+#                          last 10 states kept); 4 a round: 20 candidates at 5 rounds, so the 0.8 quantile leaves
+#                          farther ones (one candidate a round made the choice always the last round: chained)
 
 
-@register_sampler("elixir", nfe=lambda t_star, steps: steps or ELIXIR_ROUNDS, features=True,
-                  description=f"DataElixir-style: --steps chained one-shot rounds (default {ELIXIR_ROUNDS}), every "
-                              "round's output harvested, per image the candidate at the 0.8 quantile of "
-                              "0.5(1-SSIM')+0.5(1-cos') to the input, features of a classifier trained on the sparse "
-                              "clean set (--steps network calls)")
+def _elixir_nfe(t_star: int, steps: int | None) -> int:
+    return (steps or ELIXIR_ROUNDS) * _kept_steps(t_star, min(ELIXIR_ROUND_STEPS, t_star))
+
+
+@register_sampler("elixir", nfe=_elixir_nfe, features=True,
+                  description=f"DataElixir-style: --steps chained rounds (default {ELIXIR_ROUNDS}) of a "
+                              f"{ELIXIR_ROUND_STEPS}-step respaced reverse process from t*, every step's x0 prediction "
+                              "harvested, per image the candidate at the 0.8 quantile of 0.5(1-SSIM')+0.5(1-cos') to "
+                              "the input, features of a classifier trained on the sparse clean set "
+                              f"({ELIXIR_ROUND_STEPS} x --steps network calls)")
 def elixir(model: Model, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: int,
            generator: torch.Generator | None = None, options: SamplerOptions | None = None) -> torch.Tensor:
-    """Chained purification with DataElixir's harvest and per-image choice: the rounds of :func:`chained` (the
-    same noise draws), each round's estimate a candidate, and per image the candidate that
-    :func:`eclipse.diffusion.selection.choose_at_quantile` picks by
-    :func:`~eclipse.diffusion.selection.elixir_distance` to ``options.x0`` with ``options.features``. DataElixir
-    keeps the last 10 states of each of 5 150-step reverse processes (50 candidates); a round here is one network
-    call, so it harvests one candidate a round; with K <= 5 candidates the 0.8 quantile's index floor(0.8 K) is
-    the farthest one (DataElixir's 50 leave ten farther). Reports each round like ``chained``."""
+    """Chained purification with DataElixir's harvest and per-image choice. ``options.steps`` rounds (default
+    ``ELIXIR_ROUNDS``): a :func:`respaced` reverse process of ``ELIXIR_ROUND_STEPS`` steps from ``t_start``, its
+    output noised back to ``t_start`` for the next round (all t_start + 1 steps when fewer). Every step's x0 prediction is a candidate (DataElixir
+    keeps the last 10 of 150 states, x_9..x_0, all nearly clean; four steps from t* leave the states noisy, their
+    x0 predictions are not), and per image :func:`eclipse.diffusion.selection.choose_at_quantile` picks by
+    :func:`~eclipse.diffusion.selection.elixir_distance` to ``options.x0`` with ``options.features``. With
+    K = 4 x rounds candidates the 0.8 quantile's rank floor(0.8 K) leaves farther ones (K >= 5; DataElixir's 50
+    leave ten). Reports every step (``i``: the step within its round) like ``respaced``."""
     from .selection import choose_at_quantile, elixir_distance
 
     options = options or SamplerOptions()
+    _check(schedule, t_start)
     if options.x0 is None or options.x0.shape != x_t.shape:
         raise ValueError("the elixir sampler compares each candidate with the un-noised input: it needs options.x0 "
                          "of the same shape as x_t (eclipse.purify.purify_batch passes it)")
     candidates: list[torch.Tensor] = []
 
     def harvest(state: dict) -> None:
-        candidates.append(state["x"])
+        candidates.append(state["pred_xstart"])
         if options.callback is not None:
             options.callback(state)
-    chained(model, schedule, x_t, t_start, generator,
-            with_options(options, steps=options.steps or ELIXIR_ROUNDS, callback=harvest))
+    round_options = with_options(options, steps=min(ELIXIR_ROUND_STEPS, t_start + 1), callback=harvest)
+    x = x_t
+    for r in range(options.steps or ELIXIR_ROUNDS):
+        if r:
+            x = forward_noise(schedule, x, t_start + 1, generator)
+        x = respaced(model, schedule, x, t_start, generator, round_options)
     stacked = torch.stack(candidates)
     return choose_at_quantile(stacked, elixir_distance(stacked, options.x0, options.features))
 
