@@ -301,7 +301,7 @@ def defense_settings_label(profile: "str | Profile", defense: str) -> str:
 
 def sweep_profile(profile: "str | Profile") -> Profile:
     """The profile the sweep notebooks train their victims under: ``train_size`` set to ``sweep_train_size``
-    (``quick``: 5,000 of the main tables' 10,000 images, so that the whole reproduction fits 3 hours on 2
+    (``quick``: 5,000 of the main tables' 10,000 images, so that each sweep victim costs half a main-table one on 2
     CPU cores); every other setting, the diffusion model included, is the profile's own, and the model-based
     poisons are still crafted on the profile's own training set (``craft_train_size``)."""
     profile = get_profile(profile)

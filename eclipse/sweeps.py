@@ -219,12 +219,15 @@ def parse_purifier(name: str) -> tuple[str, int | None]:
 def purification_speed(profile: Profile | str, purifier: tuple, images, sampler: str, steps: int | None,
                        n_images: int = 100) -> float:
     """Seconds to purify 10,000 images with ``sampler`` on this machine, measured on ``n_images`` of ``images``
-    (uncached, the profile's batch size) and scaled."""
+    (uncached, the profile's batch size, after an untimed warm-up on 8 of them) and scaled."""
     from .purify import purify
 
     profile = get_profile(profile)
     model, schedule, _, features = Purifier(*purifier)     # a bare (model, schedule, key) has no features
     sample = images[:n_images]
+    # untimed warm-up: a process's first purification pays one-off setup (allocator, kernel selection)
+    purify(sample[:8], model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,
+           batch_size=profile.purify_batch_size, progress=False, features=features)
     tick = time.perf_counter()
     purify(sample, model, schedule, t_star=profile.t_star, sampler=sampler, steps=steps, seed=profile.seed,
            batch_size=profile.purify_batch_size, progress=False, features=features)

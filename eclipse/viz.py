@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.lines
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -208,3 +209,67 @@ def beside_paper(ours: pd.Series | pd.DataFrame, paper: pd.Series | pd.DataFrame
     ours_df = ours.to_frame(ours_label) if isinstance(ours, pd.Series) else ours.add_suffix(f" ({ours_label})")
     paper_df = paper.to_frame(paper_label) if isinstance(paper, pd.Series) else paper.add_suffix(f" ({paper_label})")
     return ours_df.join(paper_df, how="left")
+
+
+# One colour per sampler family in the purifier plots (matplotlib's Dark2), the same in every figure.
+PURIFIER_COLORS = {"ancestral": "#1b9e77", "respaced": "#d95f02", "ddim": "#7570b3", "one_shot": "#e7298a",
+                   "consistency": "#66a61e", "chained": "#e6ab02", "elixir": "#a6761d", "masked": "#1f78b4"}
+
+
+def purifier_color(purifier: str) -> str:
+    """The fixed colour of a purifier id such as ``"respaced-4"`` (its sampler's); grey for anything else."""
+    return PURIFIER_COLORS.get(str(purifier).rsplit("-", 1)[0] if str(purifier)[-1:].isdigit() else str(purifier),
+                               OTHER_COLOR)
+
+
+def pareto_plot(points: pd.DataFrame, title: str = "", paper_value: float | None = None,
+                cost: str = "nfe", value: str = "test_acc", spread: float = 0.06):
+    """Accuracy against cost (log x) for one row per (purifier, modules): one colour per purifier, one marker
+    per module combination, A and A+B+C of a purifier joined by a thin line, the ``pareto`` rows ringed and
+    joined by a step line, ``paper_value`` dashed. Purifiers of equal cost are set apart sideways by a factor
+    ``1 + spread`` each (the tick stays at the true cost); the legend names them instead of labels on the points.
+    """
+    fig, ax = plt.subplots(figsize=(7.4, 4.4), layout="constrained")
+    purifiers = list(dict.fromkeys(points["purifier"]))
+    markers = dict(zip(dict.fromkeys(points["modules"]), "os^Dv"))
+    costs = points.groupby("purifier", sort=False)[cost].first()
+    shift = {}
+    for c in dict.fromkeys(costs):
+        same = [p for p in purifiers if costs[p] == c]
+        for j, p in enumerate(same):
+            shift[p] = (1 + spread) ** (j - (len(same) - 1) / 2)
+    x = points[cost] * points["purifier"].map(shift)
+    for p in purifiers:
+        rows = points["purifier"] == p
+        ax.plot(x[rows], points.loc[rows, value], color=purifier_color(p), linewidth=0.8, alpha=0.6)
+        for mods, marker in markers.items():
+            sel = rows & (points["modules"] == mods)
+            ax.scatter(x[sel], points.loc[sel, value], color=purifier_color(p), marker=marker, s=42, zorder=3)
+    if "pareto" in points:
+        front = points["pareto"].astype(bool)
+        order = points.loc[front, cost].argsort()
+        fx, fy = x[front].iloc[order], points.loc[front, value].iloc[order]
+        ax.step(fx, fy, where="post", color="0.3", linewidth=1, zorder=2)
+        ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="k", zorder=4)
+    if paper_value is not None:
+        ax.axhline(paper_value, color="k", linestyle="--", linewidth=1)
+    handles = [matplotlib.lines.Line2D([], [], color=purifier_color(p), marker="o", linestyle="", label=p)
+               for p in purifiers]
+    handles += [matplotlib.lines.Line2D([], [], marker=m, markerfacecolor="none", markeredgecolor="k", linestyle="",
+                                      label=f"ECLIPSE modules {mods}")
+                for mods, m in markers.items()]
+    if "pareto" in points:
+        handles.append(matplotlib.lines.Line2D([], [], marker="o", markersize=11, markerfacecolor="none",
+                                               markeredgecolor="k", linestyle="", label="Pareto front"))
+    if paper_value is not None:
+        handles.append(matplotlib.lines.Line2D([], [], color="k", linestyle="--",
+                                               label=f"paper ECLIPSE ({paper_value:.1f})"))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_xscale("log")
+    ticks = sorted(points[cost].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.set(xlabel="network evaluations per image (log scale)", ylabel="test accuracy (%), mean over attacks",
+           ylim=(0, 100), xlim=(ticks[0] / 1.3, ticks[-1] * 1.6))
+    ax.set_title(title, fontsize=9)
+    return fig

@@ -6,6 +6,7 @@ Blocks sit between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NA
   and which quick effects stand out of the victim-seed spread (figures/quick-victim-seed-spread.csv);
 - ``methods``: the supported attacks, defenses, samplers, victims, ECLIPSE modules and profiles, read
   from the package registries;
+- ``purifiers``: notebook 08's purifier comparison (figures/purifiers-long.csv) and its goals;
 - ``timings``: the notebooks' measured wall times (figures/manifest-quick-cold.json and
   figures/manifest-quick-warm-rerun.json).
 
@@ -610,10 +611,62 @@ def timings_block(figures: Path = FIGURES) -> str:
     return head + "\n\n" + table + "\n"
 
 
+# ----------------------------------------------------------------------------------------------- purifiers
+def purifiers_block(figures: Path = FIGURES) -> str:
+    """Notebook 08 under quick (figures/purifiers-long.csv): each purifier's A+B+C accuracy per poison beside
+    the paper's ECLIPSE (Table 4), its means with A and A+B+C, and the issue-18 goals read off the same numbers."""
+    paper = _paper()
+    long = _read(figures, "purifiers-long.csv", index_col=0)
+    attacks = list(dict.fromkeys(long["attack"]))
+    purifiers = list(dict.fromkeys(long["purifier"]))
+    acc = long.pivot_table(index="purifier", columns=["modules", "attack"], values="test_acc", sort=False)
+    per = long.groupby("purifier", sort=False).agg(nfe=("nfe", "first"), lt=("label_transition", "mean"),
+                                                   speed=("purify_s_per_10k", "first"))
+    mean = {m: acc[m][attacks].mean(axis=1) for m in ("A", "A+B+C")}
+    rows = [[f"`{p}`", str(int(per.loc[p, "nfe"]))] + [_f(acc.loc[p, ("A+B+C", a)]) for a in attacks]
+            + [_f(mean["A"][p]), _f(mean["A+B+C"][p]), _f(per.loc[p, "lt"]), f"{per.loc[p, 'speed']:.0f}"]
+            for p in purifiers]
+    undefended = long.groupby("attack", sort=False)["undefended_acc"].first()
+    rows.append(["no defense (the undefended victim)", "-"] + [_f(undefended[a]) for a in attacks]
+                + [_f(undefended[attacks].mean())] * 2 + ["", ""])
+    t4 = paper.TABLE4_ABLATION
+    names = [paper.paper_attack(a) for a in attacks]
+    rows.append(["paper ECLIPSE (Table 4, full scale)", "100"] + [_f(t4.loc["A+B+C", n]) for n in names]
+                + [_f(t4.loc["A", names].mean()), _f(t4.loc["A+B+C", names].mean()), "", ""])
+    header = (["purifier", "NFE"] + [f"{LABEL.get(a, a)} A+B+C" for a in attacks]
+              + ["mean A", "mean A+B+C", "label transition", "purify s / 10,000"])
+    one_step = [p for p in purifiers if per.loc[p, "nfe"] == 1]
+    multi = [p for p in purifiers if per.loc[p, "nfe"] > 1]
+    best1 = max(one_step, key=lambda p: mean["A+B+C"][p])
+    bestk = max(multi, key=lambda p: mean["A+B+C"][p])
+    gap = mean["A+B+C"][bestk] - mean["A+B+C"][best1]
+    cal = _read(figures, "quick-calibration-sweep.csv")
+    from eclipse.profiles import get_profile, sweep_profile
+    size = int(sweep_profile(get_profile("quick")).train_size)
+    clean = cal[(cal["attack"] == "clean") & (cal["train_size"] == size) & (cal["epochs"] == 20)]["test_acc"]
+    clean_acc = float(clean.iloc[0])
+    fragile = [a for a in ("urp", "ar", "tap") if a in attacks]
+    reach = []
+    for a in fragile:
+        best = max(purifiers, key=lambda p: acc.loc[p, ("A", a)])
+        below = clean_acc - acc.loc[best, ("A", a)]
+        reach.append(f"{LABEL[a]} {'met' if below <= 10 else 'not met'}: best A alone {best} "
+                     f"{_f(acc.loc[best, ('A', a)])}, {_f(below)} below")
+    goals = (f"Goal \"a one-step purifier within 1 point of the best multi-step one (A+B+C, mean over the "
+             f"poisons)\": **{'met' if gap <= 1 else 'not met'}**: `{best1}` {_f(mean['A+B+C'][best1])} against "
+             f"`{bestk}` {_f(mean['A+B+C'][bestk])} ({_f(gap)} points). Goal \"module A alone within 10 points of "
+             f"clean ({_f(clean_acc)}, the {size:,}-image sweep victim) on the fragile poisons\": " + "; ".join(reach)
+             + (". AR is not in the quick grid: it does not poison the 5,000-image sweep victim." if "ar" not in attacks
+                else "."))
+    return (f"Mean test accuracy under `quick` ({size:,}-image victims, seed 0, one victim seed per cell; "
+            f"`figures/purifiers-long.csv`, notebook `08-purifiers`):\n\n" + _table(header, rows) + "\n\n" + goals + "\n")
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "results": results_block,
     "methods": lambda figures: methods_block(),
     "timings": timings_block,
+    "purifiers": purifiers_block,
 }
 
 

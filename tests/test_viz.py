@@ -2,6 +2,7 @@
 Perturbations made visible: grey is zero, the largest change is black or white."""
 from __future__ import annotations
 
+import matplotlib
 import pandas as pd
 import pytest
 import torch
@@ -86,3 +87,27 @@ def test_accuracy_heatmap_shows_the_paper_value_under_ours_where_it_has_one():
     assert texts == ["11.0\npaper 13.5", "25.6", "62.1\npaper 83.1", "71.0\npaper 80.5"]
     plain = viz.accuracy_heatmap(ours, "t")
     assert sorted(t.get_text() for t in plain.axes[0].texts) == ["11.0", "25.6", "62.1", "71.0"]
+
+
+def test_pareto_plot_sets_equal_cost_points_apart_and_rings_the_front():
+    from eclipse.viz import pareto_plot, purifier_color
+
+    points = pd.DataFrame({"purifier": ["one_shot", "one_shot", "respaced-4", "respaced-4", "ddim-4", "ddim-4"],
+                           "modules": ["A", "A+B+C"] * 3, "nfe": [1, 1, 4, 4, 4, 4],
+                           "test_acc": [38.0, 45.0, 41.7, 44.9, 37.3, 43.6],
+                           "pareto": [False, True, False, False, False, False]})
+    fig = pareto_plot(points, title="t", paper_value=84.7)
+    ax = fig.axes[0]
+    drawn = {}  # colour -> x positions of that purifier's markers
+    for coll in ax.collections[:-1]:  # the last collection is the Pareto ring
+        colour = matplotlib.colors.to_hex(coll.get_facecolor()[0])
+        drawn.setdefault(colour, set()).update(float(x) for x, _ in coll.get_offsets())
+    assert set(drawn) == {purifier_color(p) for p in ("one_shot", "respaced-4", "ddim-4")}
+    assert len({purifier_color(p) for p in ("one_shot", "respaced-4", "ddim-4", "consistency", "masked-2")}) == 5
+    x_respaced, x_ddim = drawn[purifier_color("respaced-4")], drawn[purifier_color("ddim-4")]
+    assert x_respaced.isdisjoint(x_ddim) and all(3.5 < x < 4.5 for x in x_respaced | x_ddim)  # apart, near 4
+    ring = ax.collections[-1].get_offsets()
+    assert len(ring) == 1 and float(ring[0][1]) == 45.0
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "respaced-4" in labels and "paper ECLIPSE (84.7)" in labels and "Pareto front" in labels
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4"]
