@@ -241,6 +241,61 @@ def test_purify_resumes_from_chunks(random_model, schedule, images, tmp_path, sa
         purify(images, random_model, schedule, resume_dir=tmp_path, **{**kw, "seed": 5})
 
 
+PURIFY_CHILD = textwrap.dedent("""
+    import sys, time, torch
+    from eclipse.diffusion.schedule import make_schedule
+    from eclipse.diffusion.unet import UNetConfig, build_unet
+    from eclipse.purify import purify
+
+    class Slow(torch.nn.Module):  # 0.3 s a network evaluation: the kill lands between chunks
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+        def forward(self, x, t):
+            time.sleep(0.3)
+            return self.model(x, t)
+
+    model = build_unet(UNetConfig(num_channels=32, num_res_blocks=1, attention_resolutions="16", channel_mult=(1, 2)))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    images = torch.load(sys.argv[1], weights_only=True)
+    purify(images, Slow(model.eval()), make_schedule("cosine", 4000), t_star=3, sampler=sys.argv[3], steps=2, seed=4,
+           batch_size=3, progress=False, resume_dir=sys.argv[2])
+""")
+
+
+@pytest.mark.parametrize("sampler", ["masked", "elixir"])
+def test_purify_killed_with_sigkill_resumes_to_the_identical_result(random_model, schedule, images, tmp_path,
+                                                                    sampler):
+    """A real SIGKILL (no exception handler runs) after the first chunk: the rerun keeps the saved chunks,
+    recomputes the rest and gives the uninterrupted result."""
+    torch.save(images, tmp_path / "images.pt")
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", PURIFY_CHILD, str(tmp_path / "images.pt"), str(run), sampler],
+                             env=env)
+    try:
+        deadline = time.time() + 180
+        while not (run / "chunk_000000.pt").exists():
+            assert child.poll() is None, "purification subprocess exited before writing a chunk"
+            assert time.time() < deadline, "no chunk within 180 s"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    kept = sorted(p.name for p in run.glob("chunk_*.pt"))
+    assert kept and "chunk_000002.pt" not in kept  # killed before the last of three chunks
+    kw = dict(t_star=3, sampler=sampler, steps=2, seed=4, batch_size=3, progress=False)
+    counter = CountingModel(random_model)
+    resumed = purify(images, counter, schedule, resume_dir=run, **kw)
+    nfe = S.network_evaluations(sampler, 3, 2)
+    assert counter.calls == (3 - len(kept)) * nfe  # only the missing chunks recomputed
+    assert torch.equal(resumed, purify(images, random_model, schedule, **kw))
+
+
 def test_one_round_of_chained_is_one_shot_and_more_rounds_move_on(random_model, schedule, images):
     x0 = images[:3].float() / 127.5 - 1
     x_t = forward_noise(schedule, x0, 6, torch.Generator().manual_seed(0))
