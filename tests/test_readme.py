@@ -107,3 +107,22 @@ def test_purifier_goals_follow_the_csv(copy):
     long.to_csv(csv)
     block = readme_tables.purifiers_block(figures)
     assert "**met**" in block and f"`{one_step}`" in block
+
+
+def test_table1_defense_rows_follow_their_csvs(copy):
+    """The Table 1 layout (defenses as rows) reads each row off its own CSV: lifting OP's cells above ECLIPSE's
+    makes OP the best baseline "above ECLIPSE" in the reading, and the row's average is recomputed."""
+    _, figures = copy
+    block = readme_tables.results_block(figures)
+    assert "| OP |" in block and "| UEraser |" in block
+    csv = figures / "table1-defenses-quick.csv"
+    table = pd.read_csv(csv, index_col=0)
+    eclipse = pd.read_csv(figures / "table-eclipse-quick.csv", index_col=0)["eclipse:A+B+C"]
+    for label in readme_tables.TABLE1_DEFENSE_AVG:
+        table.loc[label, "op"] = eclipse[label] + 5.0
+    table.to_csv(csv)
+    block = readme_tables.results_block(figures)
+    assert "The best baseline, OP, is 5.0 points above ECLIPSE" in block
+    mean = sum(readme_tables._dec(eclipse[label] + 5.0) for label in readme_tables.TABLE1_DEFENSE_AVG) / 3
+    op_row = next(line for line in block.splitlines() if line.startswith("| OP |"))
+    assert f"| {readme_tables._f(float(mean))} |" in op_row
