@@ -283,9 +283,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     defenses = ([d for d in DEFENSES if d not in ("grayscale", "noise")] + list(PURIFYING_DEFENSES)
                 if args.defenses == ["all"] else args.defenses)
+    victim = {k: v for k, v in (("arch", args.arch), ("width", args.width)) if v is not None}
     with distributed.process_group(device):   # torchrun: the grid's tasks shared, one victim per process/GPU
         long = accuracy_grid(profile, args.attacks, defenses, data=args.data, progress=not args.no_progress,
-                             reference_rows=not args.no_reference)
+                             reference_rows=not args.no_reference, **victim)
     if distributed.world()[0] != 0:
         return 0
     table = wide(long)
@@ -295,10 +296,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     stem = f"{args.name}-{profile.name}"
     paths = save_table(table, stem, out)
     if args.figure:
-        paths += _table_figure(table, profile, out / stem)
+        paths += _table_figure(table, profile, out / stem, **victim)
     atomic_write_text(long.to_csv(index=False), out / f"{stem}-runs.csv")
     write_manifest(out / f"{stem}-manifest.json", profile=profile.name, seed=profile.seed,
-                   wall_time_s=time.perf_counter() - started, victim=asdict(profile.victim),
+                   wall_time_s=time.perf_counter() - started, victim={**asdict(profile.victim), **victim},
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
                    attack_victim=profile.attack_victim,
                    attack_params={a: profile.attack_settings(a) for a in args.attacks if profile.attack_settings(a)},
@@ -312,15 +313,20 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_figure(table, profile, stem: Path) -> list[Path]:
-    """``table`` as a heatmap with the paper's Table 1 cell under each of ours (display names)."""
+def _table_figure(table, profile, stem: Path, **victim) -> list[Path]:
+    """``table`` as a heatmap with the paper's Table 1 cell under each of ours (display names); ``victim``:
+    the overrides of the profile's victim (``arch``, ``width``) the table was trained with."""
+    from dataclasses import replace
+
     from . import paper, viz
     from .profiles import victim_label
 
+    arch = victim.get("arch", profile.victim.arch)
     names = dict(index=viz.display_name, columns=viz.display_name)
-    theirs = paper.table1_cells(table).rename(**names)
-    fig = viz.accuracy_heatmap(table.rename(**names), f"test accuracy (%), ours (paper)\n({victim_label(profile)})",
-                               paper=theirs)
+    theirs = paper.table1_cells(table, arch=arch).rename(**names) if arch in paper.TABLE1_ARCHS else None
+    label = victim_label(replace(profile, victim=replace(profile.victim, **victim)))
+    fig = viz.accuracy_heatmap(table.rename(**names), f"test accuracy (%), ours (paper)\n({label})"
+                               if theirs is not None else f"test accuracy (%)\n({label})", paper=theirs)
     fig.axes[0].title.set_fontsize(9)
     fig.axes[0].set_xlabel("")
     fig.axes[0].set_ylabel("")
@@ -715,6 +721,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="METHOD", help="training-time defenses, purifying defenses, eclipse:<modules> (e.g. "
                                           "eclipse:A+B+C, eclipse:B+C) or all. Defenses: "
                                           f"{_choices(reg['defenses'])}; {_choices(reg['purifying'])}")
+    p.add_argument("--arch", default=None, choices=reg["victims"].names(), metavar="ARCH",
+                   help=f"victim network instead of the profile's (e.g. vgg19 for Table 1's second half): "
+                        f"{_choices(reg['victims'])}")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="victim base width instead of the profile's (64 = standard; quick: 16)")
     p.add_argument("--name", default="table-defenses", help="file stem in --out-dir: <name>-<profile>.{csv,md}")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")

@@ -132,6 +132,9 @@ def _with_avg(values: pd.DataFrame, avg_rows: list, avg_cols: list) -> pd.DataFr
     return out
 
 
+TABLE1_ARCHS = ("resnet18", "vgg19")   # the victims of the paper's Table 1
+
+
 def table1_cells(ours: pd.DataFrame, arch: str = "resnet18") -> pd.DataFrame:
     """The paper's Table 1 value for each cell of ``ours`` (rows: attack labels, columns: method ids, an
     ``AVG`` row allowed); NaN where the paper has none. AVG: the paper's mean over the same attacks."""

@@ -86,3 +86,22 @@ def test_every_profile_grid_names_registered_attacks_methods_and_victims():
             assert is_method(defense), (name, defense)
     assert "table3_methods" in PROFILES["paper"].grid("main_results")
     assert PROFILES["paper"].grid("main_results")["methods"][-1] == "eclipse:A+B+C"
+
+
+def test_table_arch_option_trains_that_victim_and_says_so(tmp_path, capsys):
+    """`eclipse table --arch vgg19` (Table 1's second half) trains VGG-19 victims, records the arch in the
+    manifest and draws the heatmap with the paper's VGG-19 values."""
+    from eclipse.experiments import clean_data, victim_run
+    from eclipse.profiles import SMOKE
+
+    args = ["table", "--profile", "smoke", "--attacks", "clean", "--defenses", "none", "--arch", "vgg19",
+            "--width", "8", "--name", "t-vgg", "--out-dir", str(tmp_path), "--no-progress", "--figure"]
+    assert cli.main(args) == 0
+    manifest = json.loads((tmp_path / "t-vgg-smoke-manifest.json").read_text())
+    assert manifest["victim"]["arch"] == "vgg19" and manifest["victim"]["width"] == 8
+    table = pd.read_csv(tmp_path / "t-vgg-smoke.csv", index_col=0)
+    sets = clean_data(SMOKE)
+    run = victim_run(sets["train"], sets["eval"], SMOKE, "none", progress=False, arch="vgg19", width=8)
+    assert run["cached"] and run["config"]["arch"] == "vgg19"
+    assert run["test_acc"] == table.loc["clean", "none"]
+    assert (tmp_path / "t-vgg-smoke.png").stat().st_size > 1000
