@@ -346,6 +346,11 @@ def _table1_defenses(figures: Path, paper) -> tuple[str, str]:
                          f"{'above' if gap > 0 else 'below'} ECLIPSE on average (the paper: only AT and ISS-J come "
                          f"close, ~{pa['AT']:.0f} and ~{pa['iss-j']:.0f} against ECLIPSE's {_f(paper.TABLE1_RESNET18.loc['eclipse', 'AVG'], 1)}). "
                          f"The victim-seed spread of `quick` is up to {_f(_seed_spread(figures)['max'], 1)} points.")
+    own = {k: _dec(avg[k]) - _dec(cells.loc[k, "clean"]) for k in ranked if k != "none" and _num(cells.loc[k, "clean"]) is not None}
+    if own:
+        parts.append("Against each defense's own clean victim (the same defense on clean data) the average is "
+                     f"{', '.join(f'{names[k]} {_f(d, 1, sign=True)}' for k, d in own.items())}: at this scale the "
+                     "defenses that restore accuracy differ mostly in what they cost the clean victim.")
     not_run = [name for key, name, _ in TABLE1_DEFENSE_ROWS if cells.loc[key].isna().all()]
     if not_run:
         parts.append(f"Not run under `quick`: {', '.join(not_run)} (figures/README.md says why).")
