@@ -86,8 +86,37 @@ def _runtime_overrides(args: argparse.Namespace) -> dict:
                               ("compile", getattr(args, "compile", None))) if v is not None}
 
 
+def _defense_params(triples: list[list[str]] | None, base: dict) -> dict:
+    """``--defense-param DEFENSE NAME VALUE`` triples merged over the profile's ``defense_params`` (a new dict);
+    DEFENSE must be registered, NAME a :class:`~eclipse.defenses.DefenseParams` field, VALUE of its type."""
+    from dataclasses import fields
+
+    import yaml
+
+    from .defenses import DEFENSES, DefenseParams
+
+    types = {f.name: f.type for f in fields(DefenseParams)}
+    out = {name: dict(values) for name, values in base.items()}
+    for defense, name, value in triples or []:
+        if defense not in DEFENSES:
+            raise ValueError(f"--defense-param: unknown defense {defense!r} (registered: {', '.join(DEFENSES.names())})")
+        if name not in types:
+            raise ValueError(f"--defense-param {defense}: unknown setting {name!r} (DefenseParams fields: "
+                             f"{', '.join(types)})")
+        kind = {"float": float, "int": int}.get(str(types[name]), float)
+        try:
+            parsed = yaml.safe_load(value)
+            if isinstance(parsed, bool) or not isinstance(parsed, (int, float)) or (kind is int and parsed != int(parsed)):
+                raise ValueError
+        except (yaml.YAMLError, ValueError):
+            raise ValueError(f"--defense-param {defense} {name}: {value!r} is not a{'n integer' if kind is int else ' number'}"
+                             ) from None
+        out.setdefault(defense, {})[name] = kind(parsed)
+    return out
+
+
 def _profile(args: argparse.Namespace):
-    """The profile named by ``--profile`` with ``--seed`` and ``--precision`` applied."""
+    """The profile named by ``--profile`` with ``--seed``, ``--precision`` and ``--defense-param`` applied."""
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -95,6 +124,9 @@ def _profile(args: argparse.Namespace):
         profile = profile.with_overrides(seed=args.seed)
     if getattr(args, "precision", None) is not None:
         profile = profile.with_overrides(victim={"precision": args.precision})
+    defense_params = _defense_params(getattr(args, "defense_param", None), profile.defense_params)
+    if defense_params != profile.defense_params:
+        profile = profile.with_overrides(defense_params=defense_params)
     runtime = _runtime_overrides(args)
     if runtime:
         profile = profile.with_overrides(unet_runtime={**profile.unet_runtime, **runtime})
@@ -303,6 +335,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                    train_images=len(sets["train"]), eval_images=len(sets["eval"]),
                    attack_victim=profile.attack_victim,
                    attack_params={a: profile.attack_settings(a) for a in args.attacks if profile.attack_settings(a)},
+                   defense_params={d: profile.defense_settings(d) for d in defenses if profile.defense_settings(d)},
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
                    processes=distributed.world()[1],
                    **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,
@@ -369,6 +402,13 @@ def parse_parameters(pairs: list[list[str]] | None, what: str = "notebook parame
         except yaml.YAMLError as err:
             raise ValueError(f"{what} {name}: cannot read {value!r} ({err})") from None
     return out
+
+
+def _defense_param_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--defense-param", action="append", nargs=3, metavar=("DEFENSE", "NAME", "VALUE"), default=None,
+                   help="override one setting of a defense over the profile's (repeatable), e.g. --defense-param "
+                        "dp-sgd dp_noise_multiplier 0.3 or --defense-param at at_steps 5; NAME: a DefenseParams field "
+                        "(eclipse/defenses/__init__.py); the cache keys and the table's runs CSV follow it")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -710,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"victim network (default: the profile's): {_choices(reg['victims'])}")
     p.add_argument("--width", type=_positive_int, default=None, help="victim base width (64 = standard; default: the profile's)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the profile's)")
+    _defense_param_arg(p)
     p.add_argument("--out", help="write the full result JSON (per-epoch log included) here")
 
     p = command("table", cmd_table, "attacks x defenses accuracy table, CSV/Markdown + manifest")
@@ -726,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{_choices(reg['victims'])}")
     p.add_argument("--width", type=_positive_int, default=None,
                    help="victim base width instead of the profile's (64 = standard; quick: 16)")
+    _defense_param_arg(p)
     p.add_argument("--name", default="table-defenses", help="file stem in --out-dir: <name>-<profile>.{csv,md}")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the clean reference rows for per-attack victim settings (e.g. clean, no crop)")

@@ -377,6 +377,117 @@ def _table1_defenses(figures: Path, paper) -> tuple[str, str]:
     return _table(header, rows), " ".join(parts)
 
 
+# Table 3: clean accuracy by victim architecture. (arch, CSV, its row); each CSV's columns are method ids. ResNet-18
+# comes from notebook 04 and the AT clean run, the others from `eclipse table --arch ARCH --attacks clean`.
+TABLE3_SOURCES = [
+    ("resnet18", "table3-clean-accuracy.csv", "resnet18"),
+    ("resnet18", "at-clean-quick.csv", "clean"),
+    ("resnet50", "table3-resnet50-quick.csv", "clean"),
+    ("vgg16", "table3-vgg16-quick.csv", "clean"),
+    ("vgg19", "table3-vgg19-quick.csv", "clean"),
+    ("densenet121", "table3-densenet121-quick.csv", "clean"),
+]
+# (our column, header, the paper's Table 3 row)
+TABLE3_METHODS = [("none", "none", "none"), ("at", "AT", "AT"), ("iss-j", "ISS-J", "iss-j"),
+                  ("eclipse:A+B+C", "ECLIPSE (A+B+C)", "eclipse")]
+ARCH_LABEL = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "vgg16": "VGG-16", "vgg19": "VGG-19",
+              "densenet121": "DenseNet-121"}
+
+
+def _span(values) -> str:
+    """``"3.3"`` for one value (or equal ones), ``"3.3 to 5.6"`` for a range, one decimal."""
+    low, high = _f(min(values), 1), _f(max(values), 1)
+    return low if low == high else f"{low} to {high}"
+
+
+def _table3_cells(figures: Path) -> pd.DataFrame:
+    """Architecture x method clean accuracies (NaN where not run) gathered from ``TABLE3_SOURCES``."""
+    cells: dict[str, dict[str, float]] = {}
+    for arch, name, row in TABLE3_SOURCES:
+        if not (Path(figures) / name).exists():
+            continue
+        table = _read(figures, name, index_col=0)
+        if row not in table.index:
+            continue
+        for col, _, _ in TABLE3_METHODS:
+            if col in table.columns and _num(table.loc[row, col]) is not None:
+                cells.setdefault(arch, {}).setdefault(col, float(table.loc[row, col]))
+    archs = [a for a in ARCH_LABEL if a in cells]
+    return pd.DataFrame.from_dict(cells, orient="index").reindex(index=archs, columns=[c for c, _, _ in TABLE3_METHODS])
+
+
+def _table3_archs(figures: Path, paper) -> tuple[str, str]:
+    """Table 3 (clean accuracy, architectures as rows) with the paper's value beside ours, and which of its
+    orderings (ECLIPSE above ISS-J and AT, AT above ISS-J) hold on the architectures run."""
+    cells = _table3_cells(figures)
+    theirs = paper.TABLE3_CLEAN_ARCHS
+    rows = []
+    for arch, values in cells.iterrows():
+        rows.append([ARCH_LABEL[arch]] + [_cell(values[col], theirs.loc[key, arch]) for col, _, key in TABLE3_METHODS])
+    if len(cells) == len(ARCH_LABEL):
+        avg = [_cell(float(sum(_dec(v) for v in cells[col]) / len(cells)) if cells[col].notna().all() else None,
+                     theirs.loc[key, "AVG"]) for col, _, key in TABLE3_METHODS]
+        rows.append(["AVG"] + avg)
+    text = _table(["victim"] + [name for _, name, _ in TABLE3_METHODS], rows)
+    names = {col: name for col, name, _ in TABLE3_METHODS}
+    key = {col: k for col, _, k in TABLE3_METHODS}
+    costs = []
+    for col in [c for c, _, _ in TABLE3_METHODS if c != "none"]:
+        both = cells[["none", col]].dropna()
+        if len(both):
+            ours = [_dec(r["none"]) - _dec(r[col]) for _, r in both.iterrows()]
+            paper_cost = [_dec(theirs.loc["none", a]) - _dec(theirs.loc[key[col], a]) for a in both.index]
+            costs.append(f"{names[col]} {_span(ours)} (paper {_span(paper_cost)}; {len(both)} "
+                         f"architecture{'s' if len(both) > 1 else ''})")
+    parts = [f"What each defense costs the clean victim (none minus it, points): {'; '.join(costs)}."] if costs else []
+    checks = []
+    for a, b in (("eclipse:A+B+C", "iss-j"), ("eclipse:A+B+C", "at"), ("at", "iss-j")):
+        both = cells[[a, b]].dropna()
+        if not len(both):
+            continue
+        ours = int((both[a] > both[b]).sum())
+        paper_n = int(sum(theirs.loc[key[a], x] > theirs.loc[key[b], x] for x in both.index))
+        verdict = "holds" if ours == paper_n == len(both) else ("does not hold" if ours < paper_n else "differs")
+        checks.append(f"{names[a]} above {names[b]} on {ours} of {len(both)} (the paper: {paper_n}): {verdict}")
+    if checks:
+        parts.append("The paper's orderings on the same architectures: " + "; ".join(checks) + ".")
+    missing = [f"{names[col]} on {', '.join(ARCH_LABEL[a] for a in cells.index[cells[col].isna()])}"
+               for col, _, _ in TABLE3_METHODS if cells[col].isna().any()]
+    not_run = [ARCH_LABEL[a] for a in ARCH_LABEL if a not in cells.index]
+    if missing or not_run:
+        parts.append("Not run under `quick`: " + "; ".join(missing + ([", ".join(not_run)] if not_run else [])) +
+                     " (figures/README.md says why).")
+    return text, " ".join(parts)
+
+
+def _table1_arch(figures: Path, paper, arch: str, name: str) -> str | None:
+    """Table 1 on a second victim (``eclipse table --arch``), the paper's value for that victim beside ours (its
+    Table 3 column for the clean row), and the average over the poisons run with the paper's over the same ones."""
+    if not (Path(figures) / name).exists():
+        return None
+    table = _read(figures, name, index_col=0)
+    theirs = paper.table1_cells(table, arch=arch)
+    table3_key = {col: key for col, _, key in TABLE3_METHODS}
+
+    def ref(label, col):
+        if label != "clean":
+            return theirs.loc[label, col]
+        return paper.TABLE3_CLEAN_ARCHS.loc[table3_key[col], arch] if col in table3_key else None
+
+    rows = [[_row_label(label)] + [_cell(table.loc[label, col], ref(label, col)) for col in table.columns]
+            for label in table.index]
+    poisons = [label for label in table.index if label != "clean"]
+    if len(poisons) > 1:
+        avg = []
+        for col in table.columns:
+            refs = [_num(theirs.loc[p, col]) for p in poisons]
+            ours = sum(_dec(table.loc[p, col]) for p in poisons) / len(poisons)
+            avg.append(_cell(float(ours), float(sum(refs) / len(refs)) if all(r is not None for r in refs) else None))
+        rows.append([f"AVG ({', '.join(_row_label(p).split(' (')[0] for p in poisons)})"] + avg)
+    header = {col: name for col, name, _ in TABLE3_METHODS}
+    return _table(["attack"] + [header.get(col, col) for col in table.columns], rows)
+
+
 def _ablation(figures: Path, name: str, paper, spread: dict | None) -> tuple[str, list[tuple]]:
     df = _read(figures, name, index_col=0)
     attacks = [c for c in df.columns if c != "AVG"]
@@ -496,6 +607,25 @@ def results_block(figures: Path = FIGURES) -> str:
     out.append("")
     out.append(t1d_note)
     out.append("")
+    vgg = _table1_arch(figures, paper, "vgg19", "table1-vgg19-quick.csv")
+    if vgg:
+        out.append("**Table 1's VGG-19 half** (`eclipse table --profile quick --arch vgg19`, width 16 like the ResNet-18, "
+                   "the same 10,000 images and purified sets; `figures/table1-vgg19-quick.csv`; the paper's VGG-19 "
+                   "row for each cell where its text keeps one, Table 3's VGG-19 column for clean):")
+        out.append("")
+        out.append(vgg)
+        out.append("")
+    t3, t3_note = _table3_archs(figures, paper)
+    out.append("**Table 3 across architectures: clean accuracy** (every victim width-scaled to 16 and trained 20 "
+               "epochs on the same 10,000 images; ResNet-18 from notebook 04 and `figures/at-clean-quick.csv`, the "
+               "others from `eclipse table --profile quick --arch ARCH --attacks clean`, "
+               "`figures/table3-ARCH-quick.csv`):")
+    out.append("")
+    out.append(t3)
+    out.append("")
+    if t3_note:
+        out.append(t3_note)
+        out.append("")
     ab, effects = _ablation(figures, "table4-ablation.csv", paper, spread)
     out.append("**Table 4, ablation** (notebook 05, 5,000-image sweep victim; `figures/table4-ablation.csv`; "
                "A = diffusion purification, B = random grayscale, C = Gaussian noise; the paper's AVG here is "

@@ -193,3 +193,36 @@ def test_a_profiles_cheaper_defense_settings_key_the_run_and_label_the_table():
     assert not cheap["cached"] and cheap["log"][0]["loss"] != published["log"][0]["loss"]
     assert defense_settings_label(cheap_profile, "at") == "at_steps=1, at_step_size=0.0314"
     assert defense_settings_label(cheap_profile, "none") == ""
+
+
+def test_defense_param_overrides_one_setting_over_the_profile_and_rejects_bad_ones(tmp_path, capsys):
+    """``--defense-param DEFENSE NAME VALUE`` (train, table) changes that setting only, keys the run by it, and
+    names the defense, the setting and the value it cannot take."""
+    import json as json_
+
+    from eclipse.cli import _profile, build_parser, main
+
+    args = build_parser().parse_args(["table", "--profile", "quick", "--defenses", "at", "--defense-param", "at",
+                                      "at_steps", "5", "--defense-param", "dp-sgd", "dp_noise_multiplier", "0.3"])
+    profile = _profile(args)
+    assert profile.defense_settings("at") == {"at_steps": 5, "at_step_size": 3 / 255}   # quick's step size kept
+    assert profile.defense_settings("dp-sgd") == {"dp_noise_multiplier": 0.3}
+    assert isinstance(profile.defense_settings("at")["at_steps"], int)
+    for triple, words in ((["at", "at_steps", "2.5"], ["at_steps", "'2.5'", "integer"]),
+                          (["at", "no_such", "1"], ["no_such", "DefenseParams"]),
+                          (["nope", "at_steps", "1"], ["unknown defense", "'nope'"]),
+                          (["dp-sgd", "dp_noise_multiplier", "high"], ["dp_noise_multiplier", "'high'", "number"])):
+        assert main(["train", "--profile", "smoke", "--defense", "at", "--defense-param", *triple]) != 0
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), (triple, err)
+    results = {}
+    for noise in ("1.0", "0.5"):
+        out = tmp_path / f"dp-{noise}.json"
+        assert main(["train", "--profile", "smoke", "--defense", "dp-sgd", "--epochs", "1", "--defense-param",
+                     "dp-sgd", "dp_noise_multiplier", noise, "--out", str(out)]) == 0
+        results[noise] = json_.loads(out.read_text())
+    capsys.readouterr()
+    assert results["0.5"]["defense_params"]["noise_multiplier"] == 0.5
+    assert results["1.0"]["defense_params"]["noise_multiplier"] == 1.0
+    assert results["0.5"]["dp_epsilon"] > results["1.0"]["dp_epsilon"]    # less noise, more privacy spent
+    assert results["0.5"]["log"][0]["loss"] != results["1.0"]["log"][0]["loss"]

@@ -126,3 +126,30 @@ def test_table1_defense_rows_follow_their_csvs(copy):
     mean = sum(readme_tables._dec(eclipse[label] + 5.0) for label in readme_tables.TABLE1_DEFENSE_AVG) / 3
     op_row = next(line for line in block.splitlines() if line.startswith("| OP |"))
     assert f"| {readme_tables._f(float(mean))} |" in op_row
+
+
+def test_table3_rows_follow_their_csvs_and_the_orderings_are_computed(copy):
+    """Table 3 gathers one row per architecture from its own CSV; putting ISS-J above ECLIPSE on VGG-16 turns the
+    ordering "ECLIPSE above ISS-J" into "does not hold", and the cost range is recomputed from the cells."""
+    _, figures = copy
+    paper = readme_tables._paper()
+    clean = {"none": 70.0, "at": 60.0, "iss-j": 66.0, "eclipse:A+B+C": 68.0}
+    pd.DataFrame([clean], index=pd.Index(["clean"], name="attack")).to_csv(figures / "table3-vgg16-quick.csv")
+    text, note = readme_tables._table3_archs(figures, paper)
+    row = next(line for line in text.splitlines() if line.startswith("| VGG-16 |"))
+    assert "| 68.00 / 88.38 (-20.4) |" in row and "| 60.00 / 88.04 (-28.0) |" in row
+    cells = readme_tables._table3_cells(figures)
+    both = cells[["eclipse:A+B+C", "iss-j"]].dropna()
+    assert "vgg16" in both.index
+    assert f"ECLIPSE (A+B+C) above ISS-J on {len(both)} of {len(both)}" in note
+    clean["iss-j"] = 69.0
+    pd.DataFrame([clean], index=pd.Index(["clean"], name="attack")).to_csv(figures / "table3-vgg16-quick.csv")
+    _, note = readme_tables._table3_archs(figures, paper)
+    assert f"ECLIPSE (A+B+C) above ISS-J on {len(both) - 1} of {len(both)}" in note and "does not hold" in note
+    cells = readme_tables._table3_cells(figures)
+    costs = [readme_tables._dec(n) - readme_tables._dec(i) for n, i in zip(cells["none"], cells["iss-j"]) if i == i]
+    assert min(costs) == readme_tables._dec(1.0)
+    assert f"ISS-J {readme_tables._span(costs)} (paper" in note
+    (figures / "table3-vgg16-quick.csv").unlink()
+    _, note = readme_tables._table3_archs(figures, paper)
+    assert "VGG-16" in note.split("Not run under `quick`:")[1]
