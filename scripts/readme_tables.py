@@ -448,9 +448,12 @@ def _table3_archs(figures: Path, paper) -> tuple[str, str]:
         ours = int((both[a] > both[b]).sum())
         paper_n = int(sum(theirs.loc[key[a], x] > theirs.loc[key[b], x] for x in both.index))
         verdict = "holds" if ours == paper_n == len(both) else ("does not hold" if ours < paper_n else "differs")
-        checks.append(f"{names[a]} above {names[b]} on {ours} of {len(both)} (the paper: {paper_n}): {verdict}")
+        margins = [_dec(r[a]) - _dec(r[b]) for _, r in both.iterrows()]
+        checks.append(f"{names[a]} above {names[b]} on {ours} of {len(both)} (the paper: {paper_n}; ours by "
+                      f"{_span(margins)} points): {verdict}")
     if checks:
-        parts.append("The paper's orderings on the same architectures: " + "; ".join(checks) + ".")
+        parts.append("The paper's orderings on the same architectures: " + "; ".join(checks) + f". One victim seed per "
+                     f"cell; the victim-seed spread of `quick` is up to {_f(_seed_spread(figures)['max'], 1)} points.")
     missing = [f"{names[col]} on {', '.join(ARCH_LABEL[a] for a in cells.index[cells[col].isna()])}"
                for col, _, _ in TABLE3_METHODS if cells[col].isna().any()]
     not_run = [ARCH_LABEL[a] for a in ARCH_LABEL if a not in cells.index]
