@@ -161,6 +161,17 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -260,7 +271,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = clean_data(profile, args.data)
     train = _load_dataset(args.dataset) if args.dataset else sets["train"]
     _check_same_classes(train, sets["eval"], args.dataset or "the training set")
-    overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs)) if v is not None}
+    overrides = {k: v for k, v in (("arch", args.arch), ("width", args.width), ("epochs", args.epochs), ("lr", args.lr))
+                 if v is not None}
     if args.defense in PURIFYING_DEFENSES:   # purify the set (AVATAR), then a plain victim
         result = PURIFYING_DEFENSES[args.defense](train, sets["eval"], profile, victim=overrides)
         result["defense"] = args.defense
@@ -750,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"victim network (default: the profile's): {_choices(reg['victims'])}")
     p.add_argument("--width", type=_positive_int, default=None, help="victim base width (64 = standard; default: the profile's)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the profile's)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate (default: the profile's; e.g. DP-SGD's clipped gradients want a larger one)")
     _defense_param_arg(p)
     p.add_argument("--out", help="write the full result JSON (per-epoch log included) here")
 

@@ -226,3 +226,22 @@ def test_defense_param_overrides_one_setting_over_the_profile_and_rejects_bad_on
     assert results["1.0"]["defense_params"]["noise_multiplier"] == 1.0
     assert results["0.5"]["dp_epsilon"] > results["1.0"]["dp_epsilon"]    # less noise, more privacy spent
     assert results["0.5"]["log"][0]["loss"] != results["1.0"]["log"][0]["loss"]
+
+
+def test_train_lr_option_sets_the_victims_learning_rate(tmp_path, capsys):
+    """``eclipse train --lr`` reaches the victim's TrainConfig (a DP-SGD run wants a larger one); bad values are
+    argparse errors."""
+    import json as json_
+
+    from eclipse.cli import build_parser, main
+
+    out = tmp_path / "run.json"
+    assert main(["train", "--profile", "smoke", "--epochs", "1", "--lr", "0.3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert json_.loads(out.read_text())["config"]["lr"] == 0.3
+
+    args = build_parser().parse_args(["train", "--lr", "2"])
+    assert args.lr == 2.0
+    for bad in ("0", "-1", "nan", "inf", "fast"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--lr", bad])
