@@ -348,6 +348,8 @@ def cmd_table(args: argparse.Namespace) -> int:
                    attack_victim=profile.attack_victim,
                    attack_params={a: profile.attack_settings(a) for a in args.attacks if profile.attack_settings(a)},
                    defense_params={d: profile.defense_settings(d) for d in defenses if profile.defense_settings(d)},
+                   defense_victim={d: profile.defense_victim_overrides(d) for d in defenses
+                                   if profile.defense_victim_overrides(d)},
                    run_seconds=dict(zip(long["row"] + "/" + long["method"], long["train_s"])),
                    processes=distributed.world()[1],
                    **({"eclipse": {**asdict(settings(profile)), "unet": profile.unet,

@@ -123,6 +123,7 @@ def victim_run(train: ImageSet, evaluation: ImageSet, profile: Profile | str, de
     run resumes from its last epoch. ``victim_overrides``: TrainConfig fields (e.g. ``arch``, ``crop_padding``)."""
     profile = get_profile(profile)
     seed = profile.seed if seed is None else seed
+    victim_overrides = {**profile.defense_victim_overrides(defense), **victim_overrides}
     victim = profile.with_overrides(victim=victim_overrides).victim if victim_overrides else profile.victim
     defense_obj = make_defense(defense, **{"gray_p": profile.gray_p, "sigma": profile.sigma,
                                            "num_classes": len(train.classes), **profile.defense_settings(defense)})

@@ -128,6 +128,7 @@ class Planner:
 
     def victim(self, p: Profile, data: DataId, defense: str, overrides: dict, label: str = "") -> None:
         """``victim_run(data, eval, p, defense, **overrides)``."""
+        overrides = {**p.defense_victim_overrides(defense), **overrides}
         v = p.with_overrides(victim=overrides).victim if overrides else p.victim
         params = {"gray_p": p.gray_p, "sigma": p.sigma, **p.defense_settings(defense)}
         key = (data.name, defense, _frozen(params), _frozen(vars(v)), p.seed, p.eval_size)

@@ -51,6 +51,10 @@ class Profile:
     # Per-defense settings over the published ones (DefenseParams fields; empty for paper), the cheaper
     # variants of costly defenses, labelled here, e.g. {"at": {"at_steps": 3}}; their values key the runs.
     defense_params: dict = field(default_factory=dict)
+    # Per-defense victim TrainConfig overrides (empty for paper), labelled like ``attack_victim``: a defense whose
+    # training wants another optimiser setting at this scale, e.g. {"dp-sgd": {"lr": 2.0, "momentum": 0.0}}
+    # (clipped per-sample gradients are ~30x smaller than the victim's own); the settings key the runs.
+    defense_victim: dict = field(default_factory=dict)
     # Training images the model-based poisons are crafted on (None: ``train_size``). A sweep profile keeps its
     # parent's size here, so that its victims train on rows of the main tables' poison (the 5,000 sweep images
     # are a subset of the 10,000) instead of a second, smaller generation. See ``experiments.poisoned_set``.
@@ -71,6 +75,10 @@ class Profile:
     def victim_overrides(self, attack: str) -> dict:
         """The TrainConfig overrides this profile trains ``attack``'s victim with (usually none)."""
         return dict(self.attack_victim.get(attack, {}))
+
+    def defense_victim_overrides(self, defense: str) -> dict:
+        """The TrainConfig overrides this profile trains a victim under ``defense`` with (usually none)."""
+        return dict(self.defense_victim.get(defense, {}))
 
     def attack_settings(self, attack: str) -> dict:
         """The generation settings this profile gives ``attack`` over its recipe (usually none)."""
@@ -176,6 +184,11 @@ QUICK = Profile(
     # AT: PGD-3 of 3/255 (the published PGD-10 of 2/255 costs 11 victim trainings, ~35 min a run here; three
     # steps of 3/255 still reach the 8/255 boundary) at ~4x a victim. PROVISIONAL: not yet chosen by a sweep.
     defense_params={"at": {"at_steps": 3, "at_step_size": 3 / 255}},
+    # DP-SGD's optimiser: every per-sample gradient of the group-norm victim has norm 27-33 at initialisation (C = 1
+    # clips them all, ~30x), so at the victim's lr 0.1 it does not learn (sigma 0: 10.2% after 5 epochs). Chosen by
+    # scripts/dp_sgd_diagnosis.py recipes at sigma 0 (5 epochs, clean, figures/dp-sgd-recipes-quick.csv): lr 4
+    # without momentum or weight decay 23.2%, lr 3 with momentum 22.0, lr 1 16.2-16.6 (group norm without DP 41.6).
+    defense_victim={"dp-sgd": {"lr": 4.0, "momentum": 0.0, "weight_decay": 0.0}},
     # Sampler chosen by benchmarks/sampler_accuracy.py (2 cores, LSP, A+B+C): at t* = 200, p = 0.8
     # (figures/quick-sampler-accuracy.csv) one_shot (the x0 prediction at t*, 1 network call) purified the
     # 10,000 images in 2.0 min and gave 71.0%, respaced-4 7.6 min and 70.2%; at t* = 100, p = 0.4
@@ -295,7 +308,8 @@ def attack_settings_label(profile: "str | Profile", attack: str) -> str:
 def defense_settings_label(profile: "str | Profile", defense: str) -> str:
     """The profile's cheaper settings of ``defense`` as one line (``""``: the published ones), e.g.
     ``"at_steps=3, at_step_size=0.0118"``; tables carry it beside the method."""
-    settings = get_profile(profile).defense_settings(defense)
+    profile = get_profile(profile)
+    settings = {**profile.defense_settings(defense), **profile.defense_victim_overrides(defense)}
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 

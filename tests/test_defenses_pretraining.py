@@ -195,6 +195,34 @@ def test_a_profiles_cheaper_defense_settings_key_the_run_and_label_the_table():
     assert defense_settings_label(cheap_profile, "none") == ""
 
 
+def test_a_profiles_per_defense_victim_settings_train_that_defense_only_and_label_it():
+    """``Profile.defense_victim`` (quick DP-SGD's optimiser) changes the victim of that defense and no other,
+    keys its run, shows in the table's label, is in the plan's run, and an explicit override still wins."""
+    from eclipse.data import ImageSet
+    from eclipse.experiments import victim_run
+    from eclipse.plan import DataId, Planner
+    from eclipse.profiles import SMOKE, defense_settings_label
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    train = ImageSet(images, torch.arange(40) % 10, source="random")
+    tiny = SMOKE.with_overrides(victim={"epochs": 1, "width": 8, "batch_size": 20})
+    tuned = tiny.with_overrides(defense_victim={"dp-sgd": {"lr": 0.5, "momentum": 0.0}})
+    plain = victim_run(train, train, tiny, "dp-sgd", progress=False)
+    dp = victim_run(train, train, tuned, "dp-sgd", progress=False)
+    assert (plain["config"]["lr"], plain["config"]["momentum"]) == (tiny.victim.lr, tiny.victim.momentum)
+    assert (dp["config"]["lr"], dp["config"]["momentum"]) == (0.5, 0.0) and not dp["cached"]
+    assert dp["log"][0]["loss"] != plain["log"][0]["loss"]
+    assert victim_run(train, train, tuned, "none", progress=False)["config"]["lr"] == tiny.victim.lr
+    assert victim_run(train, train, tuned, "dp-sgd", progress=False, lr=0.2)["config"]["lr"] == 0.2
+    assert defense_settings_label(tuned, "dp-sgd") == "lr=0.5, momentum=0"
+    planner = Planner(tiny)
+    for profile in (tuned, tiny, tuned):
+        planner.victim(profile, DataId("train40", 40), "dp-sgd", {})
+    runs = [task for (kind, _), task in planner.tasks.items() if kind == "runs"]
+    assert len(runs) == 2                          # the tuned and the plain run, each once, as the cache holds them
+
+
 def test_defense_param_overrides_one_setting_over_the_profile_and_rejects_bad_ones(tmp_path, capsys):
     """``--defense-param DEFENSE NAME VALUE`` (train, table) changes that setting only, keys the run by it, and
     names the defense, the setting and the value it cannot take."""
@@ -245,3 +273,23 @@ def test_train_lr_option_sets_the_victims_learning_rate(tmp_path, capsys):
     for bad in ("0", "-1", "nan", "inf", "fast"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["train", "--lr", bad])
+
+
+def test_per_sample_gradients_are_each_samples_own_gradient():
+    """``per_sample_gradients`` (Opacus's, as DP-SGD clips them) equals each sample's gradient of its own loss,
+    computed one sample at a time, and leaves the network without gradients."""
+    from eclipse.defenses.dp_sgd import dp_model, per_sample_gradients
+    from eclipse.victims import build_victim
+
+    torch.manual_seed(0)
+    net = dp_model(build_victim("resnet18", 10, 8)).train()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 3, 9])
+    rows = per_sample_gradients(net, x, y)
+    assert rows.shape == (4, sum(p.numel() for p in net.parameters()))
+    assert all(p.grad is None and getattr(p, "grad_sample", None) is None for p in net.parameters())
+    for i in range(4):
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]).backward()
+        own = torch.cat([p.grad.flatten() for p in net.parameters()])
+        assert (rows[i] - own).norm() < 1e-4 * own.norm(), i     # the same vector, to float error
+    assert not torch.allclose(rows[0], rows[1])            # one row per sample, not the batch's mean

@@ -47,6 +47,29 @@ def dp_wrap(noise_multiplier: float, max_grad_norm: float):
     return wrap
 
 
+def per_sample_gradients(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         precision: str = "fp32") -> torch.Tensor:
+    """Each sample's gradient of its own cross-entropy on ``(x, y)``, all parameters flattened into one row
+    (``[len(x), n_params]``), as Opacus's ``GradSampleModule`` computes them for DP-SGD's clipping; their norms
+    against ``dp_max_grad_norm`` say how much the clipping shrinks the step. ``net`` is left without gradients."""
+    from opacus import GradSampleModule
+
+    from ..training import _autocast
+
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+    model = GradSampleModule(net)
+    try:
+        with _autocast(precision, x.device):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        return torch.cat([p.grad_sample.flatten(1).float() for p in net.parameters() if p.requires_grad], dim=1)
+    finally:
+        model._close()
+        for p in net.parameters():
+            p.grad_sample = None
+            p.grad = None
+
+
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon spent by ``steps`` DP-SGD steps at ``sample_rate`` (Opacus's RDP accountant)."""
     from opacus.accountants import RDPAccountant
