@@ -52,7 +52,7 @@ class Profile:
     # variants of costly defenses, labelled here, e.g. {"at": {"at_steps": 3}}; their values key the runs.
     defense_params: dict = field(default_factory=dict)
     # Per-defense victim TrainConfig overrides (empty for paper), labelled like ``attack_victim``: a defense whose
-    # training wants another optimiser setting at this scale, e.g. {"dp-sgd": {"lr": 2.0, "momentum": 0.0}}
+    # training wants another optimiser setting at this scale, e.g. quick's {"dp-sgd": {"lr": 4.0, "momentum": 0.0}}
     # (clipped per-sample gradients are ~30x smaller than the victim's own); the settings key the runs.
     defense_victim: dict = field(default_factory=dict)
     # Training images the model-based poisons are crafted on (None: ``train_size``). A sweep profile keeps its
